@@ -1,0 +1,28 @@
+# Two set-up commands (see README): `make run` and `make test`. Everything else is a helper they call.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## make run: start the collector + API on ./hopscope.duckdb and print where to look
+run: $(STAMP)
+	$(BIN)/hopscope serve
+
+## make test: the whole suite (unit, real OTLP exporters, crash rounds)
+test: $(STAMP)
+	$(BIN)/ruff check cli collector analytics instrumentation tests bench
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,3 @@
+from hopscope.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,41 @@
+"""The REST API application on --api-port: operations endpoints now, analytics routes as they land.
+
+One JSON error shape for every route (RFC 9457 problem details), so clients handle errors once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from hopscope import __version__
+from hopscope.collector.health_api import health_router
+from hopscope.collector.metrics import IngestMetrics
+
+PROBLEM = "application/problem+json"
+
+
+def problem(status: int, title: str, detail: str) -> JSONResponse:
+    return JSONResponse({"type": "about:blank", "title": title, "status": status, "detail": detail},
+                        status_code=status, media_type=PROBLEM)
+
+
+def build_api(is_ready: Callable[[], bool], metrics: IngestMetrics) -> FastAPI:
+    app = FastAPI(title="hopscope", version=__version__,
+                  description="Where a service-mesh request's latency goes: app, sidecar proxy, iptables, network.")
+    app.include_router(health_router(is_ready, metrics))
+
+    @app.exception_handler(HTTPException)
+    async def http_problem(_: Request, exc: HTTPException) -> JSONResponse:
+        return problem(exc.status_code, "request failed", str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_problem(_: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return problem(422, "invalid request parameters", detail)
+
+    return app

@@ -1,0 +1,128 @@
+"""`hopscope serve`: the composition root that starts the collector and the API and stops them in order.
+
+Start-up fails fast (exit 1 for a database in use or a port taken, 2 for bad settings). Shutdown on SIGTERM or
+SIGINT, within 10 s: stop admitting Exports (new ones get a retryable UNAVAILABLE/503), let the in-flight ones reach
+the spool and be answered, close the receivers, drain the spool into DuckDB, checkpoint, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+
+import uvicorn
+
+from hopscope.api import build_api
+from hopscope.collector.grpc_receiver import build_grpc_server, set_serving
+from hopscope.collector.http_receiver import OtlpHttpApp
+from hopscope.collector.metrics import IngestMetrics
+from hopscope.collector.pipeline import IngestPipeline, PipelineConfig
+from hopscope.collector.settings import Settings
+from hopscope.collector.store import IN_MEMORY, DatabaseInUse, SchemaTooNew, SpanStore, default_spool_dir
+
+log = logging.getLogger("hopscope")
+GRACE_SECONDS = 4.0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: hopscope stops the parts itself, in order."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _http_server(app: object, sock: socket.socket) -> tuple[_Server, socket.socket]:
+    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,  # type: ignore[arg-type]
+                            timeout_graceful_shutdown=int(GRACE_SECONDS))
+    return _Server(config), sock
+
+
+def run_serve(settings: Settings) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        store = SpanStore(settings.db)
+    except (DatabaseInUse, SchemaTooNew) as exc:
+        print(f"hopscope serve: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return asyncio.run(_serve(settings, store))
+    finally:
+        store.close()
+
+
+async def _serve(settings: Settings, store: SpanStore) -> int:
+    metrics = IngestMetrics()
+    metrics.watch_database_size(store.size_bytes)
+    pipeline = IngestPipeline(store, PipelineConfig(
+        spool_dir=default_spool_dir(settings.db), workers=settings.workers,
+        max_inflight_bytes=settings.max_inflight_bytes, max_backlog_seconds=settings.max_backlog_seconds), metrics)
+    try:
+        sockets = {name: _listen(settings.host, port) for name, port in
+                   (("http", settings.http_port), ("api", settings.api_port))}
+    except OSError as exc:
+        print(f"hopscope serve: cannot listen on {settings.host}: {exc}", file=sys.stderr)
+        return 1
+    grpc_server, health = build_grpc_server(pipeline, metrics, settings.max_message_bytes)
+    grpc_port = grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    if grpc_port == 0:
+        print(f"hopscope serve: cannot listen on {settings.host}:{settings.grpc_port} for OTLP/gRPC", file=sys.stderr)
+        return 1
+
+    replaying = pipeline.start()
+    otlp_http, http_sock = _http_server(OtlpHttpApp(pipeline, metrics, settings.max_message_bytes), sockets["http"])
+    api, api_sock = _http_server(build_api(lambda: pipeline.ready, metrics), sockets["api"])
+    await grpc_server.start()
+    await set_serving(health, True)
+    http_task = asyncio.create_task(otlp_http.serve(sockets=[http_sock]))
+    api_task = asyncio.create_task(api.serve(sockets=[api_sock]))
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    _print_endpoints(settings, grpc_port, http_sock, api_sock, replaying)
+    await stop.wait()
+
+    print("hopscope: stopping — storing every acknowledged span before exit", flush=True)
+    pipeline.stop_accepting()
+    await set_serving(health, False)
+    otlp_http.should_exit = True
+    await asyncio.gather(grpc_server.stop(GRACE_SECONDS), http_task)
+    await asyncio.to_thread(pipeline.close)
+    api.should_exit = True
+    await api_task
+    print("hopscope: stopped cleanly", flush=True)
+    return 0
+
+
+def _print_endpoints(settings: Settings, grpc_port: int, http_sock: socket.socket, api_sock: socket.socket,
+                     replaying: int) -> None:
+    host = settings.host
+    api_url = f"http://{host}:{api_sock.getsockname()[1]}"
+    lines = [
+        f"hopscope serving on DuckDB {settings.db}",
+        f"  otlp-grpc  {host}:{grpc_port}",
+        f"  otlp-http  http://{host}:{http_sock.getsockname()[1]}/v1/traces",
+        f"  api        {api_url}   (docs {api_url}/docs, metrics {api_url}/metrics)",
+    ]
+    if settings.db == IN_MEMORY:
+        lines.append("  note: --db :memory: is NOT durable; everything is gone when the process stops")
+    if replaying:
+        lines.append(f"  replaying {replaying} acknowledged spans from the spool into DuckDB")
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,43 @@
+"""Prometheus metrics of the ingest path, on one registry that /metrics renders.
+
+What an operator needs to see overload before it hurts: spans accepted, rejected (by reason), requests refused
+(by reason), the commit and fsync latencies, the backlog behind the acknowledgement, in-flight bytes, database size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class IngestMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.spans_accepted = Counter("hopscope_spans_accepted", "Spans acknowledged (durable in the spool)",
+                                      ["transport"], registry=r)
+        self.spans_rejected = Counter("hopscope_spans_rejected", "Spans rejected by validation (partial success)",
+                                      ["reason"], registry=r)
+        self.requests_refused = Counter("hopscope_export_requests_refused",
+                                        "Export requests refused as a whole", ["reason"], registry=r)
+        self.spans_stored = Counter("hopscope_spans_stored", "Spans committed to DuckDB", registry=r)
+        self.spans_quarantined = Counter("hopscope_spans_quarantined",
+                                         "Spans whose record could not be flattened, kept in the spool's quarantine",
+                                         registry=r)
+        self.commit_seconds = Histogram("hopscope_duckdb_commit_seconds", "DuckDB append+commit latency",
+                                        buckets=_LATENCY_BUCKETS, registry=r)
+        self.fsync_seconds = Histogram("hopscope_spool_group_commit_seconds",
+                                       "Spool write+fsync latency per group", buckets=_LATENCY_BUCKETS, registry=r)
+        self.backlog_spans = Gauge("hopscope_backlog_spans", "Acknowledged (or being acknowledged) spans not yet "
+                                   "in DuckDB", registry=r)
+        self.backlog_limit_spans = Gauge("hopscope_backlog_limit_spans", "Backlog beyond which Exports are refused",
+                                         registry=r)
+        self.inflight_bytes = Gauge("hopscope_inflight_request_bytes", "Request bytes being decoded or spooled",
+                                    registry=r)
+        self.database_bytes = Gauge("hopscope_database_bytes", "DuckDB file plus WAL size", registry=r)
+
+    def watch_database_size(self, size: Callable[[], int]) -> None:
+        self.database_bytes.set_function(size)

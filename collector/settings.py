@@ -1,0 +1,117 @@
+"""The serve process's settings: one table drives the flags, their `HOPSCOPE_*` environment twins, `--help` and
+docs/configuration.md (a test keeps the doc in step), and one frozen object carries the validated values.
+
+Precedence: a flag beats its environment variable, which beats the default. A bad value fails at start-up with the
+setting's name and exit code 2, never later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    type: Callable[[str], Any]
+    default: Any
+    help: str
+    check: Callable[[Any], bool] = lambda value: True
+    requirement: str = ""
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "HOPSCOPE_" + self.name.upper()
+
+
+def _port(value: int) -> bool:
+    return 0 <= value <= 65535
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("db", str, "./hopscope.duckdb",
+            "DuckDB file the spans go to (created if missing). The write-ahead spool lives beside it in PATH.spool/. "
+            "':memory:' keeps everything in RAM: for tests and demos, NOT durable."),
+    Setting("host", str, "127.0.0.1",
+            "address every listener binds; 0.0.0.0 exposes ingest and API to the network (see docs/deploy)"),
+    Setting("grpc_port", int, 4317, "OTLP/gRPC port (TraceService/Export, gRPC health); 0 picks a free one",
+            _port, "a port number 0-65535"),
+    Setting("http_port", int, 4318, "OTLP/HTTP port (POST /v1/traces, protobuf or JSON); 0 picks a free one",
+            _port, "a port number 0-65535"),
+    Setting("api_port", int, 8080, "REST API, /healthz, /readyz, /metrics and pages; 0 picks a free one",
+            _port, "a port number 0-65535"),
+    Setting("max_message_mib", float, 16.0,
+            "largest Export request accepted, in MiB after decompression; larger ones get RESOURCE_EXHAUSTED / 413",
+            lambda v: 0 < v <= 1024, "a size in MiB above 0 and at most 1024"),
+    Setting("max_inflight_mib", float, 128.0,
+            "request bytes that may be decoding or waiting for the spool fsync at once; beyond it Exports get "
+            "UNAVAILABLE / 503 with a retry delay, so memory stays bounded under overload",
+            lambda v: v > 0, "a size in MiB above 0"),
+    Setting("max_backlog_seconds", float, 1.0,
+            "how far DuckDB may trail the acknowledgements, in seconds of its measured insert rate; beyond it Exports "
+            "are refused (retryable) so an acknowledged span is queryable within about 2 s",
+            lambda v: 0 < v <= 600, "seconds above 0 and at most 600"),
+    Setting("workers", int, min(2, os.cpu_count() or 1),
+            "processes that turn spooled requests into columns (the CPU-heavy part of ingest)",
+            lambda v: 1 <= v <= 64, "a count from 1 to 64"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    db: str
+    host: str
+    grpc_port: int
+    http_port: int
+    api_port: int
+    max_message_mib: float
+    max_inflight_mib: float
+    max_backlog_seconds: float
+    workers: int
+
+    @property
+    def max_message_bytes(self) -> int:
+        return int(self.max_message_mib * 1024 * 1024)
+
+    @property
+    def max_inflight_bytes(self) -> int:
+        return int(self.max_inflight_mib * 1024 * 1024)
+
+
+class SettingsError(ValueError):
+    """A setting with a bad value; the message names the flag and the environment variable."""
+
+
+def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
+    for setting in SETTINGS:
+        parser.add_argument(setting.flag, dest=setting.name, default=None, metavar=setting.name.split("_")[-1].upper(),
+                            help=f"{setting.help} [env {setting.env}, default {setting.default}]")
+
+
+def resolve_settings(arguments: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = arguments.get(setting.name)
+        source = setting.flag
+        if raw is None and setting.env in environ:
+            raw, source = environ[setting.env], setting.env
+        if raw is None:
+            values[setting.name] = setting.default
+            continue
+        try:
+            value = setting.type(raw)
+        except ValueError:
+            raise SettingsError(f"{source}: {raw!r} is not {setting.requirement or setting.type.__name__}") from None
+        if not setting.check(value):
+            raise SettingsError(f"{source}: {raw!r} is out of range; expected {setting.requirement}")
+        values[setting.name] = value
+    assert set(values) == {f.name for f in fields(Settings)}
+    return Settings(**values)
