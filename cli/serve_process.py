@@ -75,8 +75,7 @@ class ServeProcess:
 
     def _drain_stdout(self) -> None:
         if self.process is not None and self.process.stdout is not None:
-            self.process.stdout.read()
-            self.process.stdout.close()
+            self.process.stdout.close()  # not read to EOF: a stray grandchild could hold the pipe open
 
     def _stderr(self) -> int | object:
         return open(self.log_path, "a") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
