@@ -67,6 +67,30 @@ static int buf_put(buf_t *b, const char *s, Py_ssize_t n) {
 }
 static int buf_putc(buf_t *b, char c) { return buf_put(b, &c, 1); }
 
+/* ---- Arrow string column builder: the JSON columns go straight into Arrow buffers, no Python str per span ---- */
+typedef struct { buf_t data, offsets, validity; Py_ssize_t n, nulls; } strcol_t;
+
+static int strcol_append(strcol_t *c, const char *s, Py_ssize_t len, int valid) {
+    if (c->n == 0) { int32_t zero = 0; if (buf_put(&c->offsets, (const char *)&zero, 4) < 0) return -1; }
+    if (c->n % 8 == 0 && buf_putc(&c->validity, 0) < 0) return -1;
+    if (valid) {
+        if (c->data.len + len > INT32_MAX) { PyErr_SetString(PyExc_OverflowError, "string column over 2 GiB"); return -1; }
+        if (buf_put(&c->data, s, len) < 0) return -1;
+        c->validity.data[c->n / 8] |= (char)(1 << (c->n % 8));
+    } else c->nulls++;
+    int32_t end = (int32_t)c->data.len;
+    if (buf_put(&c->offsets, (const char *)&end, 4) < 0) return -1;
+    c->n++;
+    return 0;
+}
+/* (validity, offsets, data, null_count) for pyarrow.Array.from_buffers */
+static PyObject *strcol_result(strcol_t *c) {
+    if (c->n == 0) { int32_t zero = 0; if (buf_put(&c->offsets, (const char *)&zero, 4) < 0) return NULL; }
+    return Py_BuildValue("(y#y#y#n)", c->validity.data ? c->validity.data : "", c->validity.len,
+                         c->offsets.data, c->offsets.len, c->data.data ? c->data.data : "", c->data.len, c->nulls);
+}
+static void strcol_free(strcol_t *c) { PyMem_Free(c->data.data); PyMem_Free(c->offsets.data); PyMem_Free(c->validity.data); }
+
 /* ---- protobuf wire reading ------------------------------------------------------------------------------------ */
 typedef struct { const uint8_t *p, *end; } reader_t;
 
@@ -332,14 +356,6 @@ static int add(PyObject **columns, int column, PyObject *value) {
     return rc;
 }
 
-/* The JSON text of an attribute list, or None when it is empty. */
-static PyObject *attrs_json_or_none(buf_t *b, const attrs_t *attrs) {
-    if (attrs->len == 0) Py_RETURN_NONE;
-    b->len = 0;
-    if (json_attrs(b, attrs, 0) < 0) return NULL;
-    return buf_str(b);
-}
-
 /* A promoted column's value for one attribute: str stays str, anything else becomes its JSON text. */
 static PyObject *promoted_text(buf_t *b, const value_t *v) {
     if (v->type == V_STRING) return str_of(v->raw.ptr, v->raw.len);
@@ -387,13 +403,24 @@ static const value_t *first_present(const attrs_t *attrs, PyObject *const *keys,
 }
 
 /* ---- the walk ------------------------------------------------------------------------------------------------- */
+enum { J_ATTRIBUTES, J_RESOURCE, J_SCOPE, J_EVENTS, J_LINKS, N_JSON };
 typedef struct {
     PyObject **columns;
     buf_t json;
     attrs_t span_attrs, resource_attrs, scratch;
+    strcol_t json_columns[N_JSON];
+    buf_t resource_json, scope_json;     /* the current group's, repeated on each of its spans */
+    int resource_valid, scope_valid;
 } state_t;
 
-static int json_events_or_links(state_t *st, const char *p, Py_ssize_t n, int field_no, int links, PyObject **out) {
+/* The JSON object of an attribute list into `out`; returns 1 if written, 0 for an empty list (NULL), -1 error. */
+static int attrs_json_into(buf_t *out, const attrs_t *attrs) {
+    out->len = 0;
+    if (attrs->len == 0) return 0;
+    return json_attrs(out, attrs, 0) < 0 ? -1 : 1;
+}
+
+static int json_events_or_links(state_t *st, const char *p, Py_ssize_t n, int field_no, int links, strcol_t *out) {
     reader_t r = {(const uint8_t *)p, (const uint8_t *)p + n};
     uint32_t field; int wire, more, count = 0;
     buf_t b = {NULL, 0, 0};
@@ -446,10 +473,9 @@ static int json_events_or_links(state_t *st, const char *p, Py_ssize_t n, int fi
     }
     if (more < 0) goto malformed;
     if (buf_putc(&b, ']') < 0) goto fail;
-    if (count == 0) { *out = Py_None; Py_INCREF(Py_None); }
-    else *out = buf_str(&b);
+    int rc = strcol_append(out, b.data, b.len, count > 0);
     PyMem_Free(b.data);
-    return *out ? 0 : -1;
+    return rc;
 malformed:
     PyErr_SetString(PyExc_ValueError, "malformed OTLP protobuf");
 fail:
@@ -522,11 +548,15 @@ static int flatten_span(state_t *st, const char *p, Py_ssize_t n, PyObject *cons
     if (add(cols, C_STATUS_MESSAGE, str_or_none(message.ptr, message.len)) < 0) return -1;
     for (int i = C_SERVICE; i <= C_SCOPE_VERSION; i++)
         if (PyList_Append(cols[i], group_values[i]) < 0) return -1;
-    if (PyList_Append(cols[col_resource_attributes], group_values[col_resource_attributes]) < 0) return -1;
-    if (PyList_Append(cols[col_scope_attributes], group_values[col_scope_attributes]) < 0) return -1;
+    if (strcol_append(&st->json_columns[J_RESOURCE], st->resource_json.data, st->resource_json.len,
+                      st->resource_valid) < 0) return -1;
+    if (strcol_append(&st->json_columns[J_SCOPE], st->scope_json.data, st->scope_json.len, st->scope_valid) < 0)
+        return -1;
 
     if (collect_attrs(p, n, 9, &st->span_attrs) < 0) return -1;
-    if (add(cols, col_attributes, attrs_json_or_none(&st->json, &st->span_attrs)) < 0) return -1;
+    int written = attrs_json_into(&st->json, &st->span_attrs);
+    if (written < 0 || strcol_append(&st->json_columns[J_ATTRIBUTES], st->json.data, st->json.len, written) < 0)
+        return -1;
     for (int i = 0; i < n_promotions; i++) {
         const promotion_t *pr = &promotions[i];
         const value_t *v = first_present(&st->span_attrs, pr->span_keys, pr->n_span_keys);
@@ -542,11 +572,8 @@ static int flatten_span(state_t *st, const char *p, Py_ssize_t n, PyObject *cons
         } else { value = Py_None; Py_INCREF(value); }
         if (add(cols, pr->column, value) < 0) return -1;
     }
-    PyObject *events, *links;
-    if (json_events_or_links(st, p, n, 11, 0, &events) < 0) return -1;
-    if (add(cols, col_events, events) < 0) return -1;
-    if (json_events_or_links(st, p, n, 13, 1, &links) < 0) return -1;
-    if (add(cols, col_links, links) < 0) return -1;
+    if (json_events_or_links(st, p, n, 11, 0, &st->json_columns[J_EVENTS]) < 0) return -1;
+    if (json_events_or_links(st, p, n, 13, 1, &st->json_columns[J_LINKS]) < 0) return -1;
     if (add(cols, col_dropped_attributes, PyLong_FromUnsignedLong((uint32_t)dropped_attrs)) < 0) return -1;
     if (add(cols, col_dropped_events, PyLong_FromUnsignedLong((uint32_t)dropped_events)) < 0) return -1;
     if (add(cols, col_dropped_links, PyLong_FromUnsignedLong((uint32_t)dropped_links)) < 0) return -1;
@@ -577,13 +604,12 @@ static int flatten_scope_spans(state_t *st, const char *p, Py_ssize_t n, PyObjec
     }
     if (more < 0) FAIL_MALFORMED();
     if (collect_attrs(scope.ptr, scope.len, 3, &st->scratch) < 0) return -1;
+    if ((st->scope_valid = attrs_json_into(&st->scope_json, &st->scratch)) < 0) return -1;
     PyObject *name = str_or_none(scope_name.ptr, scope_name.len);
     PyObject *version = str_or_none(scope_version.ptr, scope_version.len);
-    PyObject *attrs = attrs_json_or_none(&st->json, &st->scratch);
     int rc = -1;
-    if (!name || !version || !attrs) goto done;
+    if (!name || !version) goto done;
     group_values[C_SCOPE_NAME] = name; group_values[C_SCOPE_VERSION] = version;
-    group_values[col_scope_attributes] = attrs;
     r.p = (const uint8_t *)p;
     while ((more = next_field(&r, &field, &wire)) == 1) {
         reader_t sub;
@@ -594,7 +620,7 @@ static int flatten_scope_spans(state_t *st, const char *p, Py_ssize_t n, PyObjec
     }
     rc = more < 0 ? (PyErr_SetString(PyExc_ValueError, "malformed OTLP protobuf"), -1) : 0;
 done:
-    Py_XDECREF(name); Py_XDECREF(version); Py_XDECREF(attrs);
+    Py_XDECREF(name); Py_XDECREF(version);
     return rc;
 }
 
@@ -618,8 +644,8 @@ static int flatten_resource_spans(state_t *st, const char *p, Py_ssize_t n) {
     const value_t *service = find_attr(&st->resource_attrs, service_key);
     group.values[C_SERVICE] = service ? promoted_text(&st->json, service) : (Py_INCREF(Py_None), Py_None);
     if (!group.values[C_SERVICE]) return -1;
-    group.values[col_resource_attributes] = attrs_json_or_none(&st->json, &st->resource_attrs);
-    if (!group.values[col_resource_attributes]) { Py_DECREF(group.values[C_SERVICE]); return -1; }
+    if ((st->resource_valid = attrs_json_into(&st->resource_json, &st->resource_attrs)) < 0) {
+        Py_DECREF(group.values[C_SERVICE]); return -1; }
     for (; made < n_promotions; made++) {
         const value_t *v = first_present(&st->resource_attrs, promotions[made].resource_keys,
                                          promotions[made].n_resource_keys);
@@ -640,7 +666,7 @@ static int flatten_resource_spans(state_t *st, const char *p, Py_ssize_t n) {
     rc = more < 0 ? (PyErr_SetString(PyExc_ValueError, "malformed OTLP protobuf"), -1) : 0;
 done:
     for (int i = 0; i < made; i++) Py_DECREF(resource_promoted[i]);
-    Py_DECREF(group.values[C_SERVICE]); Py_DECREF(group.values[col_resource_attributes]);
+    Py_DECREF(group.values[C_SERVICE]);
     return rc;
 }
 
@@ -650,7 +676,10 @@ static PyObject *flatten(PyObject *self, PyObject *payloads) {
     if (!iterator) return NULL;
     PyObject *columns[N_FIXED + MAX_PROMOTIONS + 16] = {NULL};
     PyObject *result = NULL, *item;
-    state_t st = {columns, {NULL, 0, 0}, {NULL, 0, 0}, {NULL, 0, 0}, {NULL, 0, 0}};
+    state_t st;
+    memset(&st, 0, sizeof st);
+    st.columns = columns;
+    int json_column[N_JSON] = {col_attributes, col_resource_attributes, col_scope_attributes, col_events, col_links};
     for (int i = 0; i < n_columns; i++) if (!(columns[i] = PyList_New(0))) goto done;
     while ((item = PyIter_Next(iterator))) {
         Py_buffer view;
@@ -670,14 +699,20 @@ static PyObject *flatten(PyObject *self, PyObject *payloads) {
         if (rc < 0) goto done;
     }
     if (PyErr_Occurred()) goto done;
+    for (int j = 0; j < N_JSON; j++) {
+        PyObject *buffers = strcol_result(&st.json_columns[j]);
+        if (!buffers) goto done;
+        Py_SETREF(columns[json_column[j]], buffers);
+    }
     result = PyList_New(n_columns);
     if (!result) goto done;
     for (int i = 0; i < n_columns; i++) { PyList_SET_ITEM(result, i, columns[i]); columns[i] = NULL; }
 done:
     Py_DECREF(iterator);
     for (int i = 0; i < n_columns; i++) Py_XDECREF(columns[i]);
+    for (int j = 0; j < N_JSON; j++) strcol_free(&st.json_columns[j]);
     PyMem_Free(st.json.data); PyMem_Free(st.span_attrs.items); PyMem_Free(st.resource_attrs.items);
-    PyMem_Free(st.scratch.items);
+    PyMem_Free(st.scratch.items); PyMem_Free(st.resource_json.data); PyMem_Free(st.scope_json.data);
     return result;
 }
 
@@ -741,7 +776,8 @@ static PyObject *configure(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "configure(column_names, promotions): set the column layout."},
-    {"flatten", flatten, METH_O, "flatten(payloads) -> list of column lists, in column order."},
+    {"flatten", flatten, METH_O, "flatten(payloads) -> one entry per column, in column order: a list of values, "
+                                 "or for JSON columns (validity, offsets, data, null_count) Arrow string buffers."},
     {NULL, NULL, 0, NULL},
 };
 

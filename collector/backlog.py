@@ -19,6 +19,7 @@ CYCLE_SPANS = 32_768  # one DuckDB insert; ~50k-row Arrow batches measured best,
 LINGER_SECONDS = 0.1
 MIN_LIMIT_SPANS = 65_536
 INITIAL_RATE = 60_000.0
+MIN_RETRY_SECONDS, MAX_RETRY_SECONDS = 0.1, 5.0
 
 
 class Backlog:
@@ -44,8 +45,11 @@ class Backlog:
         """Admission: count these spans in, or refuse the Export if DuckDB is too far behind already."""
         with self._condition:
             if self._unstored_spans and self._unstored_spans + spans > self.limit_spans:
+                # ask the client back about when the excess will have drained, not after a fixed second
+                excess = self._unstored_spans + spans - self.limit_spans
+                wait = min(MAX_RETRY_SECONDS, max(MIN_RETRY_SECONDS, excess / self._rate))
                 raise BacklogFull(f"storage is {self._unstored_spans} spans behind (limit {self.limit_spans}); "
-                                  "retry shortly")
+                                  f"retry in {wait:.2f} s", retry_after_seconds=wait)
             self._unstored_spans += spans
 
     def release(self, spans: int) -> None:

@@ -262,17 +262,24 @@ def _load_accelerator() -> Any:
 _ACCELERATOR = _load_accelerator()
 
 
-def requests_to_columns(payloads: Iterable[bytes]) -> dict[str, list[Any]]:
-    if _ACCELERATOR is None:
-        return requests_to_columns_python(payloads)
-    return dict(zip(COLUMN_NAMES, _ACCELERATOR.flatten(payloads), strict=True))
+def _arrow_column(values: Any, arrow_type: pa.DataType) -> pa.Array:
+    if isinstance(values, tuple):  # Arrow string buffers from the accelerator: (validity, offsets, data, nulls)
+        validity, offsets, data, nulls = values
+        length = len(offsets) // 4 - 1
+        return pa.Array.from_buffers(arrow_type, length, [pa.py_buffer(validity) if nulls else None,
+                                                          pa.py_buffer(offsets), pa.py_buffer(data)], nulls)
+    return pa.array(values, type=arrow_type)
 
 
 def requests_to_record_batch(payloads: Iterable[bytes]) -> pa.RecordBatch:
-    columns = requests_to_columns(payloads)
-    return pa.RecordBatch.from_arrays(
-        [pa.array(columns[field.name], type=field.type) for field in ARROW_SCHEMA], schema=ARROW_SCHEMA
-    )
+    """Validated, serialised ExportTraceServiceRequests → one record batch of `spans` rows."""
+    if _ACCELERATOR is None:
+        columns = requests_to_columns_python(payloads)
+        arrays = [pa.array(columns[field.name], type=field.type) for field in ARROW_SCHEMA]
+    else:
+        flat = _ACCELERATOR.flatten(payloads)
+        arrays = [_arrow_column(values, field.type) for values, field in zip(flat, ARROW_SCHEMA, strict=True)]
+    return pa.RecordBatch.from_arrays(arrays, schema=ARROW_SCHEMA)
 
 
 def flatten_spool_range(path: str, start: int, end: int) -> pa.RecordBatch:

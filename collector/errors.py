@@ -34,7 +34,12 @@ class ExportError(Exception):
     grpc_code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
     http_status: ClassVar[int] = 500
     reason: ClassVar[str] = "internal"
-    retry_after_seconds: ClassVar[float | None] = None
+    retry_after_seconds: float | None = None
+
+    def __init__(self, message: str, retry_after_seconds: float | None = None) -> None:
+        super().__init__(message)
+        if retry_after_seconds is not None:
+            self.retry_after_seconds = retry_after_seconds
 
 
 class RetryableError(ExportError):
