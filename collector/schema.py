@@ -87,3 +87,10 @@ SCHEMA_STATEMENTS: tuple[str, ...] = (
     """CREATE OR REPLACE VIEW spans_unique AS
        SELECT * FROM spans QUALIFY row_number() OVER (PARTITION BY trace_id, span_id ORDER BY start_ns) = 1""",
 )
+
+
+def columns_markdown() -> str:
+    """The column table of docs/schema.md (a test keeps the file in step with SPAN_COLUMNS)."""
+    rows = ["| column | type | meaning |", "| --- | --- | --- |"]
+    rows += [f"| `{c.name}` | {c.sql_type} | {c.doc.replace('|', chr(92) + '|')} |" for c in SPAN_COLUMNS]
+    return "\n".join(rows) + "\n"

@@ -8,7 +8,6 @@ setting's name and exit code 2, never later.
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -59,7 +58,7 @@ SETTINGS: tuple[Setting, ...] = (
             "how far DuckDB may trail the acknowledgements, in seconds of its measured insert rate; beyond it Exports "
             "are refused (retryable) so an acknowledged span is queryable within about 2 s",
             lambda v: 0 < v <= 600, "seconds above 0 and at most 600"),
-    Setting("workers", int, min(2, os.cpu_count() or 1),
+    Setting("workers", int, 2,
             "processes that turn spooled requests into columns (the CPU-heavy part of ingest)",
             lambda v: 1 <= v <= 64, "a count from 1 to 64"),
 )
@@ -115,3 +114,10 @@ def resolve_settings(arguments: Mapping[str, Any], environ: Mapping[str, str]) -
         values[setting.name] = value
     assert set(values) == {f.name for f in fields(Settings)}
     return Settings(**values)
+
+
+def settings_markdown() -> str:
+    """The settings table of docs/configuration.md (a test keeps the file in step with SETTINGS)."""
+    rows = ["| flag | environment | default | what it does |", "| --- | --- | --- | --- |"]
+    rows += [f"| `{s.flag}` | `{s.env}` | `{s.default}` | {s.help} |" for s in SETTINGS]
+    return "\n".join(rows) + "\n"

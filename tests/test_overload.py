@@ -1,0 +1,71 @@
+"""Overload: a bounded in-flight budget and a bounded backlog refuse with retryable answers (UNAVAILABLE +
+RetryInfo, 503 + Retry-After), and everything that was acknowledged is still stored."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import httpx
+from google.rpc import error_details_pb2, status_pb2
+
+from hopscope.serve_process import ServeProcess
+from tests.conftest import count_spans
+from tests.otlp_requests import EXPORT_METHOD, request_with
+
+
+def _send_all(server: ServeProcess, bodies: list[bytes]) -> tuple[int, list[grpc.RpcError]]:
+    acked, errors = 0, []
+    with grpc.insecure_channel(server.grpc_target, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+        export = channel.unary_unary(EXPORT_METHOD)
+        with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+            futures = {pool.submit(export, body, timeout=60): body for body in bodies}
+            for future in concurrent.futures.as_completed(futures):
+                try:
+                    future.result()
+                    acked += futures[future].count(b"span-")  # every test span is named span-<i>
+                except grpc.RpcError as error:
+                    errors.append(error)
+    return acked, errors
+
+
+def _retry_delay(error: grpc.RpcError) -> float | None:
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            for detail in status_pb2.Status.FromString(value).details:
+                info = error_details_pb2.RetryInfo()
+                if detail.Unpack(info):
+                    return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+    return None
+
+
+def test_spent_in_flight_budget_is_unavailable_with_retry_info(start_serve: Callable[..., ServeProcess],
+                                                               tmp_path: Path) -> None:
+    server = start_serve("--max-inflight-mib", "1")
+    bodies = [request_with(3000).SerializeToString() for _ in range(16)]  # ~0.3 MiB each, 16 at once
+    acked, errors = _send_all(server, bodies)
+    assert errors, "16 concurrent 0.3 MiB requests fit a 1 MiB in-flight budget?"
+    for error in errors:
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert _retry_delay(error) is not None and "in flight" in error.details()
+    assert server.stop() == 0
+    assert count_spans(tmp_path / "spans.duckdb") == acked > 0
+
+
+def test_a_full_backlog_is_refused_with_a_retry_delay_over_http(start_serve: Callable[..., ServeProcess],
+                                                                tmp_path: Path) -> None:
+    server = start_serve("--max-backlog-seconds", "0.001")  # the floor of the bound: 65,536 spans
+    body = request_with(20_000).SerializeToString()
+    answers = []
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda _: httpx.post(server.http_url, content=body, timeout=60,
+                                                     headers={"content-type": "application/x-protobuf"}), range(12)))
+    refused = [a for a in answers if a.status_code == 503]
+    accepted = [a for a in answers if a.status_code == 200]
+    assert refused and accepted
+    assert all(int(a.headers["retry-after"]) >= 1 for a in refused)
+    assert all("behind" in status_pb2.Status.FromString(a.content).message for a in refused)
+    assert server.stop() == 0
+    assert count_spans(tmp_path / "spans.duckdb") == 20_000 * len(accepted)
