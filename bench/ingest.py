@@ -42,14 +42,47 @@ class RunResult:
     peak_rss_mib: float
     disk_bytes_per_span: float
     refused: int
+    freshness_p50_s: float
+    freshness_max_s: float
+
+
+def _metric(api_url: str, name: str) -> float:
+    with urllib.request.urlopen(f"{api_url}/metrics", timeout=10) as response:
+        total = 0.0
+        for line in response.read().decode().splitlines():
+            if line.startswith(name) and not line.startswith("#"):
+                total += float(line.split()[1])
+        return total
 
 
 def _stored_total(api_url: str) -> float:
-    with urllib.request.urlopen(f"{api_url}/metrics", timeout=10) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith("hopscope_spans_stored_total"):
-                return float(line.split()[1])
-    return 0.0
+    return _metric(api_url, "hopscope_spans_stored_total")
+
+
+def _probe_freshness(server: ServeProcess, window: tuple[float, float], lags: list[float]) -> None:
+    """Every 0.5 s in the window: send one span, and time from its acknowledgement until DuckDB has stored every
+    span acknowledged up to then (FIFO, so an upper bound on when the probe became queryable)."""
+    import grpc
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from spans import UniqueRequests, build_request
+
+    probe = UniqueRequests(build_request(1, seed=999), 999)
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        export = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+        time.sleep(max(0.0, window[0] - time.time()))
+        while time.time() < window[1] - 2.5:
+            try:
+                export(probe.next(), timeout=10)
+            except grpc.RpcError:
+                time.sleep(0.1)
+                continue
+            acked_at = time.time()
+            target = _metric(server.api_url, "hopscope_spans_accepted_total")
+            while _stored_total(server.api_url) < target:
+                time.sleep(0.05)  # each scrape costs serve CPU too: poll gently (lag resolution ±50 ms)
+            lags.append(time.time() - acked_at)
+            time.sleep(0.5)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -89,9 +122,15 @@ def run_hopscope(args: argparse.Namespace, rate: float | None) -> RunResult:
     with tempfile.TemporaryDirectory(prefix="hopscope-bench-") as folder:
         db = str(Path(folder) / "bench.duckdb")
         server = ServeProcess(db, log_path=Path(folder) / "serve.log").start()
+        lags: list[float] = []
+        start_at = time.time() + 2.0
+        prober = threading.Thread(target=_probe_freshness, args=(
+            server, (start_at + args.warmup, start_at + args.warmup + args.seconds), lags))
+        prober.start()
         try:
             acked, refused, latencies, begin, end = _measure(server.pid, server.api_url, server.grpc_target, args,
                                                              rate)
+            prober.join()
             elapsed = end["at"] - begin["at"]
             stored = end["stored"] - begin["stored"]
             cpu = end["cpu"] - begin["cpu"]
@@ -104,7 +143,7 @@ def run_hopscope(args: argparse.Namespace, rate: float | None) -> RunResult:
             print(f"  warning: serve exited {code}", file=sys.stderr)
         return RunResult(stored / elapsed, acked / args.seconds, cpu / max(stored, 1) * 1e6, cpu / elapsed,
                          _percentile(latencies, 0.5) * 1e3, _percentile(latencies, 0.99) * 1e3, rss / 2**20,
-                         size / max(total_stored, 1), refused)
+                         size / max(total_stored, 1), refused, _percentile(lags, 0.5), max(lags, default=float("nan")))
 
 
 def run_null_sink(args: argparse.Namespace) -> float:
@@ -161,6 +200,8 @@ def main() -> None:
           f"Export p50 {med(flat, 'p50_ms'):.1f} ms, p99 {med(flat, 'p99_ms'):.1f} ms")
     print(f"            peak RSS (serve + workers) {med(flat, 'peak_rss_mib'):.0f} MiB; "
           f"{med(flat, 'disk_bytes_per_span'):.0f} bytes on disk per span; refused {med(flat, 'refused'):.0f}")
+    print(f"            acknowledged → stored in DuckDB: p50 {med(flat, 'freshness_p50_s'):.2f} s, "
+          f"worst {max(r.freshness_max_s for r in flat):.2f} s")
     print(f"  steady {args.steady_rate:,.0f} spans/s: server CPU {med(steady, 'cpu_share') * 100:.0f} % of one core "
           f"({med(steady, 'cpu_us_per_span'):.1f} µs/span); Export p50 {med(steady, 'p50_ms'):.1f} ms, "
           f"p99 {med(steady, 'p99_ms'):.1f} ms; stored {med(steady, 'stored_per_s'):,.0f} spans/s")
