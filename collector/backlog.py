@@ -17,7 +17,7 @@ from hopscope.collector.spool import SpoolRecord
 
 CYCLE_SPANS = 32_768  # one DuckDB insert; ~50k-row Arrow batches measured best, two cycles are in flight at once
 LINGER_SECONDS = 0.5
-MIN_LIMIT_SPANS = 3 * CYCLE_SPANS  # two cycles in flight and one filling: less would idle the pipeline
+MIN_LIMIT_SPANS = 5 * CYCLE_SPANS // 2  # two cycles in flight and half of the next: 2 idled the pipeline, 3 cost freshness
 INITIAL_RATE = 60_000.0
 MIN_RETRY_SECONDS, MAX_RETRY_SECONDS = 0.1, 5.0
 
