@@ -47,10 +47,10 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _http_server(app: object, sock: socket.socket) -> tuple[_Server, socket.socket]:
+def _http_server(app: object) -> _Server:
     config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,  # type: ignore[arg-type]
                             timeout_graceful_shutdown=int(GRACE_SECONDS))
-    return _Server(config), sock
+    return _Server(config)
 
 
 def run_serve(settings: Settings) -> int:
@@ -85,8 +85,9 @@ async def _serve(settings: Settings, store: SpanStore) -> int:
         return 1
 
     replaying = pipeline.start()
-    otlp_http, http_sock = _http_server(OtlpHttpApp(pipeline, metrics, settings.max_message_bytes), sockets["http"])
-    api, api_sock = _http_server(build_api(lambda: pipeline.ready, metrics), sockets["api"])
+    http_sock, api_sock = sockets["http"], sockets["api"]
+    otlp_http = _http_server(OtlpHttpApp(pipeline, metrics, settings.max_message_bytes))
+    api = _http_server(build_api(lambda: pipeline.ready, metrics))
     await grpc_server.start()
     await set_serving(health, True)
     http_task = asyncio.create_task(otlp_http.serve(sockets=[http_sock]))

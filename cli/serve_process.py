@@ -26,8 +26,13 @@ class ServeProcess:
     def start(self, timeout: float = 30.0) -> ServeProcess:
         args = [sys.executable, "-m", "hopscope", "serve", "--db", self.db, "--grpc-port", "0", "--http-port", "0",
                 "--api-port", "0", *self.extra_args]
-        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._stderr(), text=True,
-                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        log = open(self.log_path, "a") if self.log_path else None  # noqa: SIM115 - closed once the child has it
+        try:
+            self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log or subprocess.DEVNULL, text=True,
+                                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        finally:
+            if log is not None:
+                log.close()
         deadline = time.monotonic() + timeout
         assert self.process.stdout is not None
         while len(self.endpoints) < 3:
@@ -76,9 +81,6 @@ class ServeProcess:
     def _drain_stdout(self) -> None:
         if self.process is not None and self.process.stdout is not None:
             self.process.stdout.close()  # not read to EOF: a stray grandchild could hold the pipe open
-
-    def _stderr(self) -> int | object:
-        return open(self.log_path, "a") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
 
     def _log_tail(self) -> str:
         if self.log_path and self.log_path.exists():

@@ -15,9 +15,12 @@ from collections import deque
 from hopscope.collector.errors import BacklogFull
 from hopscope.collector.spool import SpoolRecord
 
-CYCLE_SPANS = 32_768  # one DuckDB insert; ~50k-row Arrow batches measured best, two cycles are in flight at once
+# Measured with bench/ingest.py (docs/performance.md): 24k-span cycles halved throughput (DuckDB's per-commit and
+# checkpoint costs), 32k reached 60-75k spans/s. The backlog floor covers the two cycles in flight plus half of the
+# next: a floor of 2 cycles idled the pipeline on refusals, 3 pushed freshness past 2 s.
+CYCLE_SPANS = 32_768
 LINGER_SECONDS = 0.5
-MIN_LIMIT_SPANS = 5 * CYCLE_SPANS // 2  # two cycles in flight and half of the next: 2 idled the pipeline, 3 cost freshness
+MIN_LIMIT_SPANS = 5 * CYCLE_SPANS // 2
 INITIAL_RATE = 60_000.0
 MIN_RETRY_SECONDS, MAX_RETRY_SECONDS = 0.1, 5.0
 

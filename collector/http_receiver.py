@@ -87,10 +87,7 @@ class OtlpHttpApp:
         self._limit = max_message_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
-        if scope["type"] != "http":
+        if scope["type"] != "http":  # uvicorn runs this app with lifespan="off"
             return
         if scope["path"] != TRACES_PATH:
             await _respond(send, 404, "text/plain", b"not found: OTLP/HTTP traces go to POST /v1/traces\n")
@@ -156,12 +153,3 @@ async def _respond(send: Send, status: int, media: str, body: bytes,
     await send({"type": "http.response.start", "status": status, "headers": headers + (extra_headers or [])})
     await send({"type": "http.response.body", "body": body})
 
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

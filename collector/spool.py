@@ -107,10 +107,6 @@ class SpoolWriter:
         self._thread = threading.Thread(target=self._run, name="spool-writer", daemon=True)
         self._thread.start()
 
-    @property
-    def current_segment(self) -> int:
-        return self._segment
-
     def append(self, payload: bytes, spans: int) -> concurrent.futures.Future[None]:
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
         with self._condition:

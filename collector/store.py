@@ -80,10 +80,6 @@ class SpanStore:
             connection.execute("ROLLBACK")
             raise
 
-    def reader(self) -> duckdb.DuckDBPyConnection:
-        """A cursor for one reading thread (DuckDB connections are not shared across threads)."""
-        return self._connection.cursor()
-
     def size_bytes(self) -> int:
         if not self.is_durable:
             return 0

@@ -25,14 +25,6 @@ _ZERO_TRACE_ID = bytes(16)
 _ZERO_SPAN_ID = bytes(8)
 _MAX_TIME_NS = 2**63 - 1
 
-REJECTION_REASONS = (
-    "invalid trace_id",
-    "invalid span_id",
-    "invalid parent_span_id",
-    "end before start",
-    "timestamp out of range",
-)
-
 
 @dataclass
 class ValidatedExport:
