@@ -13,6 +13,7 @@ import logging
 import signal
 import socket
 import sys
+import time
 from collections.abc import Iterator
 
 import uvicorn
@@ -100,15 +101,19 @@ async def _serve(settings: Settings, store: SpanStore) -> int:
     _print_endpoints(settings, grpc_port, http_sock, api_sock, replaying)
     await stop.wait()
 
+    started = time.monotonic()
     print("hopscope: stopping — storing every acknowledged span before exit", flush=True)
     pipeline.stop_accepting()
     await set_serving(health, False)
     otlp_http.should_exit = True
     await asyncio.gather(grpc_server.stop(GRACE_SECONDS), http_task)
+    log.info("receivers closed after %.1f s; draining %d spans into DuckDB", time.monotonic() - started,
+             pipeline.unstored_spans)
     await asyncio.to_thread(pipeline.close)
+    log.info("DuckDB drained and checkpointed after %.1f s", time.monotonic() - started)
     api.should_exit = True
     await api_task
-    print("hopscope: stopped cleanly", flush=True)
+    print(f"hopscope: stopped cleanly in {time.monotonic() - started:.1f} s", flush=True)
     return 0
 
 

@@ -144,10 +144,14 @@ class IngestPipeline:
         self._backlog.close()
         if self._applier.is_alive():
             self._applier.join()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)  # idle now; PR_SET_PDEATHSIG ends them with us
         self._store.checkpoint()
         if self._temporary_spool:
             shutil.rmtree(self._spool_dir, ignore_errors=True)
+
+    @property
+    def unstored_spans(self) -> int:
+        return self._backlog.unstored_spans
 
     @property
     def ready(self) -> bool:

@@ -67,5 +67,5 @@ def test_a_full_backlog_is_refused_with_a_retry_delay_over_http(start_serve: Cal
     assert refused and accepted
     assert all(int(a.headers["retry-after"]) >= 1 for a in refused)
     assert all("behind" in status_pb2.Status.FromString(a.content).message for a in refused)
-    assert server.stop() == 0
+    assert server.stop(timeout=30) == 0
     assert count_spans(tmp_path / "spans.duckdb") == 20_000 * len(accepted)
