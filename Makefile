@@ -12,9 +12,9 @@ $(STAMP): pyproject.toml collector/_flatten.c
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-## make run: start the collector + API on ./hopscope.duckdb and print where to look
+## make run: the collector + API on ./hopscope.duckdb, fed by a simulated Bookinfo mesh; prints where to look
 run: $(STAMP)
-	$(BIN)/hopscope serve
+	$(BIN)/hopscope demo
 
 ## make test: the whole suite (unit, real OTLP exporters, crash rounds)
 test: $(STAMP)

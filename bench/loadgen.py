@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass, field
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
 from spans import UniqueRequests, build_request
 
-EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+from hopscope.instrumentation.loadgen import EXPORT_METHOD as EXPORT
+from hopscope.instrumentation.loadgen import retry_delay
 
 
 @dataclass
@@ -24,17 +24,6 @@ class StreamResult:
     acked_spans: int = 0
     refused: int = 0
     latencies: list[float] = field(default_factory=list)
-
-
-def _retry_delay(error: grpc.RpcError) -> float:
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                info = error_details_pb2.RetryInfo()
-                if detail.Unpack(info):
-                    return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
-    return 0.5
 
 
 def _stream(target: str, stream_id: int, spans: int, start_at: float, window: tuple[float, float],
@@ -58,7 +47,7 @@ def _stream(target: str, stream_id: int, spans: int, start_at: float, window: tu
         except grpc.RpcError as error:
             result.refused += 1
             if error.code() == grpc.StatusCode.UNAVAILABLE:
-                time.sleep(_retry_delay(error))
+                time.sleep(retry_delay(error))
             continue
         done = time.time()
         if window[0] <= sent and done <= window[1]:

@@ -8,6 +8,7 @@ import sys
 
 from hopscope import __version__
 from hopscope.collector.settings import SettingsError, add_setting_arguments, resolve_settings
+from hopscope.simulate import add_simulation_arguments, demo_feeder, run_simulate, simulation_from
 
 DESCRIPTION = """\
 hopscope answers one question about a service mesh: where does a request's latency go — the app, the sidecar
@@ -38,6 +39,23 @@ def build_parser() -> argparse.ArgumentParser:
                                             "in DuckDB. Every flag has a HOPSCOPE_* environment twin.",
                                 epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_setting_arguments(serve)
+
+    demo = commands.add_parser("demo", help="serve, fed by a simulated Bookinfo mesh (what `make run` starts)",
+                               description="Start hopscope serve and feed it simulated mesh traffic (app and Envoy "
+                                           "sidecar spans with known latencies), printing progress and where to look.",
+                               epilog="example:\n  hopscope demo --rate 50 --duration 60 --db :memory:",
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_setting_arguments(demo)
+    add_simulation_arguments(demo, default_rate=20.0)
+
+    simulate = commands.add_parser("simulate", help="send simulated mesh traffic to a running collector",
+                                   description="Send simulated mesh traffic (with optional ground truth) to an "
+                                               "OTLP/gRPC endpoint, e.g. a running hopscope serve.",
+                                   epilog="example:\n  hopscope simulate --target 127.0.0.1:4317 --topology shop "
+                                          "--rate 100 --duration 30 --truth truth.jsonl",
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    simulate.add_argument("--target", default="127.0.0.1:4317", help="OTLP/gRPC host:port (default 127.0.0.1:4317)")
+    add_simulation_arguments(simulate, default_rate=20.0)
     return parser
 
 
@@ -47,16 +65,24 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.command is None:
         parser.print_help()
         return 2
-    if arguments.command == "serve":
-        try:
-            settings = resolve_settings(vars(arguments), os.environ)
-        except SettingsError as exc:
-            print(f"hopscope serve: {exc}", file=sys.stderr)
-            return 2
-        from hopscope.serve import run_serve
+    if arguments.command == "simulate":
+        return run_simulate(arguments)
+    try:
+        settings = resolve_settings(vars(arguments), os.environ)
+    except SettingsError as exc:
+        print(f"hopscope {arguments.command}: {exc}", file=sys.stderr)
+        return 2
+    from hopscope.serve import run_serve
 
-        return run_serve(settings)
-    return 2
+    if arguments.command == "demo":
+        arguments.db = settings.db
+        try:
+            simulation_from(arguments, "127.0.0.1:0")  # validate the simulation flags before starting anything
+        except ValueError as exc:
+            print(f"hopscope demo: {exc}", file=sys.stderr)
+            return 2
+        return run_serve(settings, on_ready=demo_feeder(arguments))
+    return run_serve(settings)
 
 
 if __name__ == "__main__":

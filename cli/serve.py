@@ -13,8 +13,10 @@ import logging
 import signal
 import socket
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import uvicorn
 
@@ -54,7 +56,18 @@ def _http_server(app: object) -> _Server:
     return _Server(config)
 
 
-def run_serve(settings: Settings) -> int:
+@dataclass(frozen=True)
+class Endpoints:
+    grpc_target: str
+    http_url: str
+    api_url: str
+
+
+# Called in a thread once serve is up, with its endpoints and a function that stops it (as SIGTERM would).
+OnReady = Callable[[Endpoints, Callable[[], None]], None]
+
+
+def run_serve(settings: Settings, on_ready: OnReady | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         store = SpanStore(settings.db)
@@ -62,12 +75,12 @@ def run_serve(settings: Settings) -> int:
         print(f"hopscope serve: {exc}", file=sys.stderr)
         return 1
     try:
-        return asyncio.run(_serve(settings, store))
+        return asyncio.run(_serve(settings, store, on_ready))
     finally:
         store.close()
 
 
-async def _serve(settings: Settings, store: SpanStore) -> int:
+async def _serve(settings: Settings, store: SpanStore, on_ready: OnReady | None) -> int:
     metrics = IngestMetrics()
     metrics.watch_database_size(store.size_bytes)
     pipeline = IngestPipeline(store, PipelineConfig(
@@ -99,6 +112,12 @@ async def _serve(settings: Settings, store: SpanStore) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     _print_endpoints(settings, grpc_port, http_sock, api_sock, replaying)
+    if on_ready is not None:
+        endpoints = Endpoints(f"{settings.host}:{grpc_port}",
+                              f"http://{settings.host}:{http_sock.getsockname()[1]}/v1/traces",
+                              f"http://{settings.host}:{api_sock.getsockname()[1]}")
+        threading.Thread(target=on_ready, args=(endpoints, lambda: loop.call_soon_threadsafe(stop.set)),
+                         name="on-ready", daemon=True).start()
     await stop.wait()
 
     started = time.monotonic()

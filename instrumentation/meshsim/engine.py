@@ -1,0 +1,310 @@
+"""The simulation: one request through the mesh → the spans a real mesh would emit, and the truth of every hop.
+
+Time is integer µs on one true clock. A hop A → B unfolds as (DESIGN §3):
+
+    A app CLIENT  ├─ iptables(req) ─┤ A outbound proxy ├─ proxy_out(req) ─┤ attempt: network(req) ─┤
+                   B inbound proxy ├─ proxy_in(req) ─┤ B app SERVER (app) ├─ proxy_in(resp) ─┤
+                   network(resp) ─┤ proxy_out(resp) ─┤ iptables(resp) ─┤
+
+so the truth satisfies `iptables + proxy_outbound + proxy_inbound + network + app + retry == total` exactly, with
+the components that lie outside the caller-side span (e.g. iptables when the caller has no app span) set to None.
+Clock offsets are applied only when spans are emitted (per node), so they move instants, never durations.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from hopscope.instrumentation.meshsim import shapes
+from hopscope.instrumentation.meshsim.topology import Call, Pod, Service, Topology
+
+SERVER, CLIENT = 2, 3  # OTLP SpanKind values
+GATEWAY = "istio-ingressgateway"
+
+
+@dataclass
+class SimSpan:
+    """A span as emitted, on the true clock; `emitter` says whose resource and clock it carries."""
+
+    span_id: bytes
+    parent_id: bytes | None
+    name: str
+    kind: int
+    start_us: int
+    end_us: int
+    emitter: tuple[str, str, str]  # ("app" | "envoy" | "gateway" | "ebpf", service, pod)
+    node: str
+    attributes: dict[str, Any]
+    error: bool = False
+
+
+@dataclass
+class HopTruth:
+    """What really happened on one caller → callee call, in µs. None: not inside the hop's total (DESIGN §3)."""
+
+    trace_id: str
+    caller: str
+    callee: str
+    caller_pod: str
+    callee_pod: str
+    caller_node: str
+    callee_node: str
+    total_us: int
+    iptables_us: int | None
+    proxy_outbound_us: int | None
+    proxy_inbound_us: int | None
+    network_us: int
+    app_us: int
+    retry_us: int
+    attempts: int
+    status: int
+    new_connection: bool
+    outermost_span_id: str = ""
+    lost_span_ids: list[str] = field(default_factory=list)
+
+    def components_sum(self) -> int:
+        parts = (self.iptables_us, self.proxy_outbound_us, self.proxy_inbound_us, self.network_us, self.app_us,
+                 self.retry_us)
+        return sum(p for p in parts if p is not None)
+
+
+@dataclass
+class SimulatedRequest:
+    trace_id: bytes
+    spans: list[SimSpan]
+    hops: list[HopTruth]
+
+
+@dataclass(frozen=True)
+class Options:
+    spawn_upstream_span: bool = False
+    lost_span_rate: float = 0.0
+    ebpf_spans: bool = False
+
+
+class MeshSimulator:
+    """Deterministic: the same topology, options and seed give the same requests, byte for byte once encoded."""
+
+    def __init__(self, topology: Topology, seed: int = 0, options: Options | None = None) -> None:
+        self.topology = topology
+        self.options = options or Options()
+        self._rng = random.Random(seed)
+        self._connections: set[tuple[str, str]] = set()
+        self._spans: list[SimSpan] = []
+        self._hops: list[HopTruth] = []
+        self._trace_hex = ""
+
+    def request(self, at_us: int) -> SimulatedRequest:
+        """Simulate one request entering the mesh at `at_us` (µs since the epoch, true clock)."""
+        trace_id = self._rng.randbytes(16)
+        self._spans, self._hops, self._trace_hex = [], [], trace_id.hex()
+        entry = self.topology.services[self.topology.entry]
+        if self.topology.gateway is not None:
+            self._gateway_request(entry, at_us)
+        else:
+            pod = self._rng.choice(entry.pods)
+            self._serve(entry, pod, at_us, None, caller_address="10.0.0.1", request_id=self._request_id())
+        spans = self._drop_lost(self._spans)
+        return SimulatedRequest(trace_id, spans, self._hops)
+
+    # ---- one hop ----------------------------------------------------------------------------------------------
+
+    def _gateway_request(self, entry: Service, at_us: int) -> None:
+        """An ingress gateway: a proxy with no app and no interception, spawn_upstream_span on (Istio's default)."""
+        gateway = self.topology.gateway
+        assert gateway is not None
+        self._hop(Call(entry.name), caller=None, caller_pod=gateway, caller_app_span=None, parent=None, t0=at_us,
+                  gateway=True)
+
+    def _hop(self, call: Call, caller: Service | None, caller_pod: Pod, caller_app_span: SimSpan | None,
+             parent: SimSpan | None, t0: int, gateway: bool = False) -> int:
+        """The call from `caller_pod` to a pod of `call.service`, starting at t0; returns when the caller has the
+        answer. Records its truth. `parent` is the span whose context the caller's request carries."""
+        rng = self._rng
+        callee = self.topology.services[call.service]
+        callee_pod = rng.choice(callee.pods)
+        has_proxy = gateway or (caller is not None and caller.sidecar)
+        spawn_upstream = gateway or self.options.spawn_upstream_span
+        request_id = self._request_id()
+        reporter = GATEWAY if gateway else (caller.name if caller else "")
+        namespace = "istio-system" if gateway else (caller.namespace if caller else "default")
+        client = None
+        if caller_app_span is not None:
+            client = self._span(caller_app_span.span_id, "GET", CLIENT, t0, ("app", caller.name, caller_pod.name),
+                                caller_pod, {})
+        t = t0
+        iptables = proxy_out = None
+        ipt_resp = po_resp = 0
+        outbound = None
+        if has_proxy:
+            interception = caller.iptables if (caller is not None and not gateway) else None
+            ipt_req = interception.sample_us(rng) if interception else 0
+            ipt_resp = interception.sample_us(rng) if interception else 0
+            profile = caller.proxy_outbound if caller is not None else callee.proxy_outbound
+            po_req, po_resp = profile.sample_us(rng), profile.sample_us(rng)
+            context = client or parent
+            outbound = self._span(context.span_id if context else None,
+                                  f"{callee.fqdn}:{callee.port}/*", SERVER if spawn_upstream else CLIENT, t0 + ipt_req,
+                                  ("gateway" if gateway else "envoy", reporter, caller_pod.name), caller_pod, {})
+            t = t0 + ipt_req + po_req
+            iptables = ipt_req + ipt_resp if client is not None else None
+            proxy_out = po_req + po_resp
+        first_attempt = t
+        attempts, status, new_connection, network, attempt_start = 0, 0, False, 0, t
+        for attempt in range(call.retries + 1):
+            attempts += 1
+            attempt_parent = outbound or client or parent
+            router = None
+            if has_proxy and spawn_upstream:
+                assert outbound is not None
+                router = self._span(outbound.span_id, f"router outbound|{callee.port}||{callee.fqdn} egress",
+                                    CLIENT, t, outbound.emitter, caller_pod, {})
+                attempt_parent = router
+            one_way = self.topology.one_way(caller_pod, callee_pod)
+            connection = (caller_pod.name, callee_pod.name)
+            handshake = 0
+            if self.topology.handshake and connection not in self._connections:
+                self._connections.add(connection)
+                handshake = one_way.sample_us(rng) + one_way.sample_us(rng)  # SYN → SYN-ACK before the request
+            new_connection = handshake > 0
+            net_req, net_resp = handshake + one_way.sample_us(rng), one_way.sample_us(rng)
+            attempt_start = t
+            in_end, status, inbound_proxy, app_time = self._serve(
+                callee, callee_pod, t + net_req, attempt_parent,
+                caller_address=caller_pod.ip, request_id=request_id, via_proxy=has_proxy)
+            t = in_end + net_resp
+            network = net_req + net_resp
+            if router is not None:
+                router.end_us = t
+                router.attributes = shapes.router_attributes(
+                    reporter=reporter, namespace=namespace, cluster=f"outbound|{callee.port}||{callee.fqdn}",
+                    upstream=f"{callee_pod.ip}:{callee.port}", status=status, retry_count=attempt)
+            if status < 500 or attempt == call.retries or not has_proxy:
+                break
+            t += call.backoff.sample_us(rng)
+        retry = attempt_start - first_attempt
+        flags = "URX" if status >= 500 and attempts > 1 else "-"
+        if outbound is not None:
+            t += po_resp
+            outbound.end_us = t
+            outbound.error = status >= 500
+            outbound.attributes = shapes.listener_attributes(
+                reporter_pod=caller_pod, reporter=reporter, namespace=namespace, callee=callee, outbound=True,
+                request_id=request_id, peer=caller_pod.ip, status=status, response_flags=flags,
+                response_size=self._response_size(status), gateway=gateway)
+            t += ipt_resp
+        if client is not None:
+            client.end_us = t
+            client.error = status >= 500
+            client.attributes = shapes.app_client_attributes(callee, callee_pod.ip, status)
+        outermost = client or outbound
+        total = outermost.end_us - outermost.start_us if outermost else t - t0
+        self._hops.append(HopTruth(
+            trace_id=self._trace_hex, caller=reporter if gateway else caller.name, callee=callee.name,  # type: ignore
+            caller_pod=caller_pod.name, callee_pod=callee_pod.name, caller_node=caller_pod.node,
+            callee_node=callee_pod.node, total_us=total, iptables_us=iptables, proxy_outbound_us=proxy_out,
+            proxy_inbound_us=inbound_proxy, network_us=network, app_us=app_time, retry_us=retry, attempts=attempts,
+            status=status, new_connection=new_connection,
+            outermost_span_id=outermost.span_id.hex() if outermost else ""))
+        if self.options.ebpf_spans and client is not None and outbound is not None:
+            self._ebpf_spans(client, outbound, caller_pod)
+        return t
+
+    def _serve(self, callee: Service, pod: Pod, t_in: int, parent: SimSpan | None, caller_address: str,
+               request_id: str, via_proxy: bool = True) -> tuple[int, int, int | None, int]:
+        """The callee side of an attempt arriving at t_in: returns (end, status, inbound proxy µs, app µs)."""
+        rng = self._rng
+        inbound = None
+        app_parent = parent
+        app_start = t_in
+        pi_req = pi_resp = 0
+        if callee.sidecar:
+            pi_req, pi_resp = callee.proxy_inbound.sample_us(rng), callee.proxy_inbound.sample_us(rng)
+            inbound = self._span(parent.span_id if parent else None, f"{callee.fqdn}:{callee.port}/*", SERVER, t_in,
+                                 ("envoy", callee.name, pod.name), pod, {})
+            app_parent = inbound
+            app_start = t_in + pi_req
+            if self.options.spawn_upstream_span:
+                app_parent = self._span(inbound.span_id, f"router inbound|{callee.port}|| egress", CLIENT,
+                                        app_start, inbound.emitter, pod, {})
+        app_end, status = self._app(callee, pod, app_start, app_parent,
+                                    shapes.INBOUND_PASSTHROUGH if callee.sidecar else caller_address, request_id)
+        end = app_end + pi_resp
+        if inbound is not None:
+            if app_parent is not inbound:
+                app_parent.end_us = app_end  # type: ignore[union-attr]
+                app_parent.attributes = shapes.router_attributes(  # type: ignore[union-attr]
+                    reporter=callee.name, namespace=callee.namespace, cluster=f"inbound|{callee.port}||",
+                    upstream=f"{pod.ip}:{callee.port}", status=status, retry_count=0)
+            inbound.end_us = end
+            inbound.error = status >= 500
+            inbound.attributes = shapes.listener_attributes(
+                reporter_pod=pod, reporter=callee.name, namespace=callee.namespace, callee=callee, outbound=False,
+                request_id=request_id, peer=caller_address, status=status, response_flags="-",
+                response_size=self._response_size(status))
+        return end, status, (pi_req + pi_resp) if callee.sidecar else None, app_end - app_start
+
+    def _app(self, service: Service, pod: Pod, start: int, parent: SimSpan | None, caller_address: str,
+             request_id: str) -> tuple[int, int]:
+        """The callee's own work and its downstream calls; returns (end, HTTP status)."""
+        rng = self._rng
+        failing = rng.random() < service.error_rate
+        server = None
+        if service.instrumented:
+            server = self._span(parent.span_id if parent else None, f"GET {service.path}", SERVER, start,
+                                ("app", service.name, pod.name), pod, {})
+        own = service.app.sample_us(rng)
+        t = start + own // 2
+        if not failing:
+            # an uninstrumented app still forwards the trace headers it received (Istio requires it)
+            context = server or parent
+            for step in service.steps:
+                ends = [self._hop(call, service, pod, server if server else None, context, t) for call in step]
+                t = max(ends)
+        t += own - own // 2
+        status = 503 if failing else 200
+        if server is not None:
+            server.end_us = t
+            server.error = failing
+            server.attributes = shapes.app_server_attributes(service, caller_address, request_id, status)
+        return t, status
+
+    # ---- helpers ------------------------------------------------------------------------------------------------
+
+    def _span(self, parent_id: bytes | None, name: str, kind: int, start: int, emitter: tuple[str, str, str],
+              pod: Pod, attributes: dict[str, Any]) -> SimSpan:
+        span = SimSpan(self._rng.randbytes(8), parent_id, name, kind, start, start, emitter, pod.node, attributes)
+        self._spans.append(span)
+        return span
+
+    def _request_id(self) -> str:
+        value = self._rng.getrandbits(128)
+        text = f"{value:032x}"
+        return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+    def _response_size(self, status: int) -> int:
+        return 19 if status >= 500 else self._rng.randrange(40, 4000)
+
+    def _ebpf_spans(self, client: SimSpan, outbound: SimSpan, pod: Pod) -> None:
+        """What a kernel-level agent would add: the interception legs as explicit `hopscope.layer=iptables`."""
+        for start, end in ((client.start_us, outbound.start_us), (outbound.end_us, client.end_us)):
+            span = self._span(client.span_id, "iptables redirect", 1, start, ("ebpf", "ebpf-agent", pod.name), pod,
+                              {"hopscope.layer": "iptables"})
+            span.end_us = end
+
+    def _drop_lost(self, spans: list[SimSpan]) -> list[SimSpan]:
+        rate = self.options.lost_span_rate
+        if not rate:
+            return spans
+        kept = []
+        lost = set()
+        for span in spans:
+            if self._rng.random() < rate:
+                lost.add(span.span_id.hex())
+            else:
+                kept.append(span)
+        for hop in self._hops:
+            hop.lost_span_ids = sorted(lost)
+        return kept

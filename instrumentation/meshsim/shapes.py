@@ -1,0 +1,87 @@
+"""What real proxies and apps put on their spans, copied from the Envoy 1.40 + Istio and OTel SDK captures in
+shared/reference/mesh (tests/test_meshsim.py compares the two programmatically).
+
+Envoy: every attribute value is a string, the keys are OpenTracing-era, timestamps are whole µs; the resource is
+`service.name=<canonical service>.<namespace>` with `telemetry.sdk.name=envoy`, the scope `envoy`.
+Apps (OTel SDK): semconv keys with typed values, ns timestamps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hopscope.instrumentation.meshsim.topology import Pod, Service
+
+ENVOY_BUILD = "9e5580933739775e8bce696a57a2e1bc99368f23/1.40.0/Clean/RELEASE/BoringSSL"
+SDK_VERSION = "1.45.2"
+APP_SCOPE = ("hopscope.meshsim.app", "0.1.0")
+INBOUND_PASSTHROUGH = "127.0.0.6"  # Istio's source address for inbound sidecar → app connections
+USER_AGENT = "python-requests/2.32.3"
+
+
+def envoy_resource(service: Service | None, gateway: bool = False) -> dict[str, Any]:
+    name = "istio-ingressgateway.istio-system" if gateway else f"{service.name}.{service.namespace}"  # type: ignore
+    return {"telemetry.sdk.name": "envoy", "telemetry.sdk.language": "cpp", "telemetry.sdk.version": ENVOY_BUILD,
+            "service.name": name}
+
+
+def app_resource(service: Service, pod: Pod) -> dict[str, Any]:
+    return {"telemetry.sdk.language": "python", "telemetry.sdk.name": "opentelemetry",
+            "telemetry.sdk.version": SDK_VERSION, "service.instance.id": f"{pod.name}-{pod.ip}:{service.port}",
+            "service.name": service.name, "service.namespace": service.namespace,
+            "k8s.namespace.name": service.namespace, "k8s.pod.name": pod.name, "k8s.node.name": pod.node}
+
+
+def node_id(pod: Pod, namespace: str, gateway: bool = False) -> str:
+    kind = "router" if gateway else "sidecar"
+    return f"{kind}~{pod.ip}~{pod.name}.{namespace}~{namespace}.svc.cluster.local"
+
+
+def _istio_tags(reporter: str, namespace: str) -> dict[str, str]:
+    return {"istio.mesh_id": "cluster.local", "istio.canonical_service": reporter, "istio.canonical_revision": "v1",
+            "istio.cluster_id": "Kubernetes", "istio.namespace": namespace}
+
+
+def listener_attributes(*, reporter_pod: Pod, reporter: str, namespace: str, callee: Service, outbound: bool,
+                        request_id: str, peer: str, status: int, response_flags: str, response_size: int,
+                        gateway: bool = False) -> dict[str, str]:
+    """An Envoy listener span (the sidecar's inbound or outbound span of a hop), keys in Envoy's order."""
+    cluster = f"outbound|{callee.port}||{callee.fqdn}" if outbound else f"inbound|{callee.port}||"
+    attributes = {
+        "node_id": node_id(reporter_pod, namespace, gateway), "zone": "", "guid:x-request-id": request_id,
+        "http.url": f"http://{callee.fqdn}:{callee.port}{callee.path}", "http.method": "GET",
+        "downstream_cluster": "-", "user_agent": USER_AGENT, "http.protocol": "HTTP/1.1", "peer.address": peer,
+        "request_size": "0", "response_size": str(response_size), "component": "proxy",
+        "upstream_cluster": cluster, "upstream_cluster.name": cluster, "http.status_code": str(status),
+        "response_flags": response_flags,
+    }
+    if status >= 500:
+        attributes["error"] = "true"
+    attributes.update(_istio_tags(reporter, namespace))
+    return attributes
+
+
+def router_attributes(*, reporter: str, namespace: str, cluster: str, upstream: str, status: int,
+                      retry_count: int) -> dict[str, str]:
+    """An Envoy upstream-attempt span (`spawn_upstream_span: true`)."""
+    attributes = {"http.protocol": "HTTP/1.1", "upstream_address": upstream, "peer.address": upstream,
+                  "component": "proxy", "upstream_cluster": cluster, "upstream_cluster.name": cluster,
+                  "http.status_code": str(status), "response_flags": "-"}
+    if retry_count:
+        attributes["retry.count"] = str(retry_count)
+    attributes.update(_istio_tags(reporter, namespace))
+    return attributes
+
+
+def app_server_attributes(callee: Service, caller_address: str, request_id: str, status: int) -> dict[str, Any]:
+    return {"http.request.method": "GET", "url.path": callee.path, "url.scheme": "http",
+            "server.address": callee.fqdn, "server.port": callee.port, "client.address": caller_address,
+            "network.peer.address": caller_address, "network.peer.port": 40000 + len(request_id),
+            "network.protocol.version": "1.1", "user_agent.original": USER_AGENT,
+            "http.request.header.x-request-id": (request_id,), "http.response.status_code": status}
+
+
+def app_client_attributes(callee: Service, callee_ip: str, status: int) -> dict[str, Any]:
+    return {"http.request.method": "GET", "url.full": f"http://{callee.fqdn}:{callee.port}{callee.path}",
+            "server.address": callee.fqdn, "server.port": callee.port, "network.peer.address": callee_ip,
+            "network.peer.port": callee.port, "http.response.status_code": status}
