@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hopscope.instrumentation.meshsim import BUILT_IN, Options, load_topology
+from hopscope.instrumentation.meshsim.engine import MESHES
 from hopscope.instrumentation.meshsim.runner import MODES, RunStats, SimulationRun
 
 
@@ -21,6 +22,8 @@ def add_simulation_arguments(parser: argparse.ArgumentParser, default_rate: floa
     group.add_argument("--seed", type=int, default=1, help="random seed: the same seed gives the same spans")
     group.add_argument("--mode", choices=MODES, default="sdk",
                        help="sdk: through the real OpenTelemetry OTLP exporter; raw: pre-serialised OTLP over gRPC")
+    group.add_argument("--mesh", choices=MESHES, default="istio",
+                       help="whose sidecars emit the proxy spans: Envoy/Istio (two per hop) or linkerd2-proxy (four)")
     group.add_argument("--spawn-upstream-span", action="store_true",
                        help="Envoy's spawn_upstream_span: an upstream CLIENT span per attempt")
     group.add_argument("--lost-span-rate", type=float, default=0.0, help="share of spans dropped in transit")
@@ -35,7 +38,7 @@ def simulation_from(arguments: argparse.Namespace, target: str) -> SimulationRun
     if arguments.rate <= 0:
         raise ValueError("--rate must be above 0")
     options = Options(spawn_upstream_span=arguments.spawn_upstream_span, lost_span_rate=arguments.lost_span_rate,
-                      ebpf_spans=arguments.ebpf_spans)
+                      ebpf_spans=arguments.ebpf_spans, mesh=arguments.mesh)
     return SimulationRun(load_topology(arguments.topology), target, arguments.mode, arguments.seed, options,
                          arguments.truth)
 

@@ -108,11 +108,11 @@ def test_simulated_spans_have_the_shape_of_real_envoy_and_sdk_spans(capture: str
 
 
 ALL_OPTIONS = [Options(), Options(spawn_upstream_span=True), Options(lost_span_rate=0.1),
-               Options(ebpf_spans=True, spawn_upstream_span=True)]
+               Options(ebpf_spans=True, spawn_upstream_span=True), Options(mesh="linkerd")]
 
 
 @pytest.mark.parametrize("topology", sorted(BUILT_IN))
-@pytest.mark.parametrize("options", ALL_OPTIONS, ids=["default", "spawn-upstream", "lost-spans", "ebpf"])
+@pytest.mark.parametrize("options", ALL_OPTIONS, ids=["default", "spawn-upstream", "lost-spans", "ebpf", "linkerd"])
 def test_every_hops_true_components_sum_to_its_total(topology: str, options: Options) -> None:
     simulator = MeshSimulator(load_topology(topology), seed=11, options=options)
     hops = [hop for i in range(200) for hop in simulator.request(1_795_000_000_000_000 + i * 1000).hops]
@@ -211,3 +211,33 @@ def test_a_yaml_topology_file_loads(tmp_path: Path) -> None:
     request = MeshSimulator(topology, seed=1).request(10**15)
     assert {h.callee for h in request.hops} == {"db", "cache"}
     assert ExportTraceServiceRequest.FromString(Encoder(topology).request([request]).SerializeToString())
+
+
+def test_linkerd_hops_have_four_proxy_spans_shaped_as_linkerd2_proxy_emits_them() -> None:
+    """MESH-SOURCES §1: outbound SERVER + CLIENT, inbound SERVER + CLIENT, named by the URL path, string
+    attributes with `direction`, status Unset even on 5xx, flags 0x300, empty scope, k8s.container.name."""
+    topology = topology_from_dict(CAPTURE_LIKE)
+    request = MeshSimulator(topology, seed=8, options=Options(mesh="linkerd")).request(10**15)
+    export = Encoder(topology).request([request])
+    by_id = {}
+    for rs in export.resource_spans:
+        resource = {kv.key: kv.value for kv in rs.resource.attributes}
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                by_id[span.span_id] = (resource, ss.scope, span)
+    proxy = [(r, sc, s) for r, sc, s in by_id.values()
+             if "k8s.container.name" in r and r["k8s.container.name"].string_value == "linkerd-proxy"]
+    assert len(proxy) == 4 * 1 + 2  # service-a's own inbound pair (entry) + four for the a → b hop
+    for _, scope, span in proxy:
+        attributes = {kv.key: kv.value for kv in span.attributes}
+        assert span.name == attributes["url.path"].string_value and span.name.startswith("/")
+        assert all(v.HasField("string_value") for v in attributes.values())
+        assert attributes["direction"].string_value in ("inbound", "outbound")
+        assert span.status.code == 0 and span.flags == 0x300 and (scope.name, scope.version) == ("", "")
+    chain, span = [], next(s for _, _, s in by_id.values() if s.name == "GET /service-b")
+    while span.parent_span_id in by_id:
+        _, _, parent = by_id[span.parent_span_id]
+        direction = {kv.key: kv.value.string_value for kv in parent.attributes}.get("direction", "app")
+        chain.append((direction, parent.kind))
+        span = parent
+    assert chain[:5] == [("inbound", 3), ("inbound", 2), ("outbound", 3), ("outbound", 2), ("app", 3)]

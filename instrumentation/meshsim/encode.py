@@ -55,20 +55,28 @@ class Encoder:
         service = self._topology.services[service_name]
         if role == "envoy":
             return shapes.envoy_resource(service)
+        if role == "linkerd":
+            pod = self._pod(service_name, pod_name)
+            return shapes.linkerd_resource(service, pod)
         pod = self._pod(service_name, pod_name)
         assert pod is not None
         return shapes.app_resource(service, pod)
 
     def scope(self, emitter: tuple[str, str, str]) -> tuple[str, str]:
+        if emitter[0] == "linkerd":
+            return ("", "")  # linkerd2-proxy exports with an empty scope
         return ("envoy", shapes.ENVOY_BUILD) if emitter[0] in ("envoy", "gateway") else shapes.APP_SCOPE
 
     def times_ns(self, span: SimSpan) -> tuple[int, int]:
+        """Emitted instants: the node's clock (true time + its offset), in ns."""
         offset = self._topology.node_offsets_us.get(span.node, 0)
         return (span.start_us + offset) * 1000, (span.end_us + offset) * 1000
 
     def flags(self, span: SimSpan) -> int:
         if span.emitter[0] in ("envoy", "gateway"):
             return (0x301 if span.parent_id else 0x101)  # Envoy: 769 with a (remote) parent, 257 for a root
+        if span.emitter[0] == "linkerd":
+            return 0x300  # remote-parent bits set, sampled bit clear (MESH-SOURCES §1.1)
         remote = span.parent_id is not None and span.kind == 2  # an app SERVER span continues a remote context
         return REMOTE_PARENT_FLAGS if remote else LOCAL_PARENT_FLAGS
 

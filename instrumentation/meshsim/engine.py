@@ -77,11 +77,25 @@ class SimulatedRequest:
     hops: list[HopTruth]
 
 
+MESHES = ("istio", "linkerd")
+
+
 @dataclass(frozen=True)
 class Options:
-    spawn_upstream_span: bool = False
+    spawn_upstream_span: bool = False  # Envoy's upstream CLIENT span per attempt (Linkerd always has one)
     lost_span_rate: float = 0.0
     ebpf_spans: bool = False
+    mesh: str = "istio"  # whose sidecars: Envoy/Istio or linkerd2-proxy
+
+    def __post_init__(self) -> None:
+        if self.mesh not in MESHES:
+            raise ValueError(f"mesh must be one of {MESHES}, not {self.mesh!r}")
+        if not 0 <= self.lost_span_rate < 1:
+            raise ValueError("lost_span_rate must be in [0, 1)")
+
+    @property
+    def upstream_spans(self) -> bool:
+        return self.spawn_upstream_span or self.mesh == "linkerd"
 
 
 class MeshSimulator:
@@ -126,7 +140,9 @@ class MeshSimulator:
         callee = self.topology.services[call.service]
         callee_pod = rng.choice(callee.pods)
         has_proxy = gateway or (caller is not None and caller.sidecar)
-        spawn_upstream = gateway or self.options.spawn_upstream_span
+        spawn_upstream = gateway or self.options.upstream_spans
+        linkerd = self.options.mesh == "linkerd" and not gateway
+        proxy_role = "gateway" if gateway else ("linkerd" if linkerd else "envoy")
         request_id = self._request_id()
         reporter = GATEWAY if gateway else (caller.name if caller else "")
         namespace = "istio-system" if gateway else (caller.namespace if caller else "default")
@@ -146,8 +162,9 @@ class MeshSimulator:
             po_req, po_resp = profile.sample_us(rng), profile.sample_us(rng)
             context = client or parent
             outbound = self._span(context.span_id if context else None,
-                                  f"{callee.fqdn}:{callee.port}/*", SERVER if spawn_upstream else CLIENT, t0 + ipt_req,
-                                  ("gateway" if gateway else "envoy", reporter, caller_pod.name), caller_pod, {})
+                                  callee.path if linkerd else f"{callee.fqdn}:{callee.port}/*",
+                                  SERVER if spawn_upstream else CLIENT, t0 + ipt_req,
+                                  (proxy_role, reporter, caller_pod.name), caller_pod, {})
             t = t0 + ipt_req + po_req
             iptables = ipt_req + ipt_resp if client is not None else None
             proxy_out = po_req + po_resp
@@ -159,7 +176,8 @@ class MeshSimulator:
             router = None
             if has_proxy and spawn_upstream:
                 assert outbound is not None
-                router = self._span(outbound.span_id, f"router outbound|{callee.port}||{callee.fqdn} egress",
+                router = self._span(outbound.span_id, callee.path if linkerd else
+                                    f"router outbound|{callee.port}||{callee.fqdn} egress",
                                     CLIENT, t, outbound.emitter, caller_pod, {})
                 attempt_parent = router
             one_way = self.topology.one_way(caller_pod, callee_pod)
@@ -178,9 +196,12 @@ class MeshSimulator:
             network = net_req + net_resp
             if router is not None:
                 router.end_us = t
-                router.attributes = shapes.router_attributes(
-                    reporter=reporter, namespace=namespace, cluster=f"outbound|{callee.port}||{callee.fqdn}",
-                    upstream=f"{callee_pod.ip}:{callee.port}", status=status, retry_count=attempt)
+                router.attributes = shapes.linkerd_attributes(callee, True, status) if linkerd else \
+                    shapes.router_attributes(reporter=reporter, namespace=namespace,
+                                             cluster=f"outbound|{callee.port}||{callee.fqdn}",
+                                             upstream=f"{callee_pod.ip}:{callee.port}", status=status,
+                                             retry_count=attempt)
+                router.error = status >= 500 and not linkerd
             if status < 500 or attempt == call.retries or not has_proxy:
                 break
             t += call.backoff.sample_us(rng)
@@ -189,11 +210,12 @@ class MeshSimulator:
         if outbound is not None:
             t += po_resp
             outbound.end_us = t
-            outbound.error = status >= 500
-            outbound.attributes = shapes.listener_attributes(
-                reporter_pod=caller_pod, reporter=reporter, namespace=namespace, callee=callee, outbound=True,
-                request_id=request_id, peer=caller_pod.ip, status=status, response_flags=flags,
-                response_size=self._response_size(status), gateway=gateway)
+            outbound.error = status >= 500 and not linkerd  # Linkerd leaves the status Unset (MESH-SOURCES §1.1)
+            outbound.attributes = shapes.linkerd_attributes(callee, True, status) if linkerd else \
+                shapes.listener_attributes(
+                    reporter_pod=caller_pod, reporter=reporter, namespace=namespace, callee=callee, outbound=True,
+                    request_id=request_id, peer=caller_pod.ip, status=status, response_flags=flags,
+                    response_size=self._response_size(status), gateway=gateway)
             t += ipt_resp
         if client is not None:
             client.end_us = t
@@ -209,7 +231,8 @@ class MeshSimulator:
             status=status, new_connection=new_connection,
             outermost_span_id=outermost.span_id.hex() if outermost else ""))
         if self.options.ebpf_spans and client is not None and outbound is not None:
-            self._ebpf_spans(client, outbound, caller_pod)
+            self._ebpf_spans(client, outbound, caller_pod, [(attempt_start, attempt_start + net_req),
+                                                            (in_end, in_end + net_resp)])
         return t
 
     def _serve(self, callee: Service, pod: Pod, t_in: int, parent: SimSpan | None, caller_address: str,
@@ -220,30 +243,36 @@ class MeshSimulator:
         app_parent = parent
         app_start = t_in
         pi_req = pi_resp = 0
+        linkerd = self.options.mesh == "linkerd"
         if callee.sidecar:
             pi_req, pi_resp = callee.proxy_inbound.sample_us(rng), callee.proxy_inbound.sample_us(rng)
-            inbound = self._span(parent.span_id if parent else None, f"{callee.fqdn}:{callee.port}/*", SERVER, t_in,
-                                 ("envoy", callee.name, pod.name), pod, {})
+            inbound = self._span(parent.span_id if parent else None,
+                                 callee.path if linkerd else f"{callee.fqdn}:{callee.port}/*", SERVER, t_in,
+                                 ("linkerd" if linkerd else "envoy", callee.name, pod.name), pod, {})
             app_parent = inbound
             app_start = t_in + pi_req
-            if self.options.spawn_upstream_span:
-                app_parent = self._span(inbound.span_id, f"router inbound|{callee.port}|| egress", CLIENT,
-                                        app_start, inbound.emitter, pod, {})
+            if self.options.upstream_spans:
+                app_parent = self._span(inbound.span_id, callee.path if linkerd else
+                                        f"router inbound|{callee.port}|| egress", CLIENT, app_start, inbound.emitter,
+                                        pod, {})
         app_end, status = self._app(callee, pod, app_start, app_parent,
                                     shapes.INBOUND_PASSTHROUGH if callee.sidecar else caller_address, request_id)
         end = app_end + pi_resp
         if inbound is not None:
             if app_parent is not inbound:
                 app_parent.end_us = app_end  # type: ignore[union-attr]
-                app_parent.attributes = shapes.router_attributes(  # type: ignore[union-attr]
-                    reporter=callee.name, namespace=callee.namespace, cluster=f"inbound|{callee.port}||",
-                    upstream=f"{pod.ip}:{callee.port}", status=status, retry_count=0)
+                app_parent.attributes = shapes.linkerd_attributes(callee, False, status) if linkerd else \
+                    shapes.router_attributes(reporter=callee.name, namespace=callee.namespace,
+                                             cluster=f"inbound|{callee.port}||", upstream=f"{pod.ip}:{callee.port}",
+                                             status=status, retry_count=0)
+                app_parent.error = status >= 500 and not linkerd  # type: ignore[union-attr]
             inbound.end_us = end
-            inbound.error = status >= 500
-            inbound.attributes = shapes.listener_attributes(
-                reporter_pod=pod, reporter=callee.name, namespace=callee.namespace, callee=callee, outbound=False,
-                request_id=request_id, peer=caller_address, status=status, response_flags="-",
-                response_size=self._response_size(status))
+            inbound.error = status >= 500 and not linkerd
+            inbound.attributes = shapes.linkerd_attributes(callee, False, status) if linkerd else \
+                shapes.listener_attributes(
+                    reporter_pod=pod, reporter=callee.name, namespace=callee.namespace, callee=callee,
+                    outbound=False, request_id=request_id, peer=caller_address, status=status, response_flags="-",
+                    response_size=self._response_size(status))
         return end, status, (pi_req + pi_resp) if callee.sidecar else None, app_end - app_start
 
     def _app(self, service: Service, pod: Pod, start: int, parent: SimSpan | None, caller_address: str,
@@ -287,11 +316,15 @@ class MeshSimulator:
     def _response_size(self, status: int) -> int:
         return 19 if status >= 500 else self._rng.randrange(40, 4000)
 
-    def _ebpf_spans(self, client: SimSpan, outbound: SimSpan, pod: Pod) -> None:
-        """What a kernel-level agent would add: the interception legs as explicit `hopscope.layer=iptables`."""
-        for start, end in ((client.start_us, outbound.start_us), (outbound.end_us, client.end_us)):
-            span = self._span(client.span_id, "iptables redirect", 1, start, ("ebpf", "ebpf-agent", pod.name), pod,
-                              {"hopscope.layer": "iptables"})
+    def _ebpf_spans(self, client: SimSpan, outbound: SimSpan, pod: Pod, wire: list[tuple[int, int]]) -> None:
+        """What a kernel-level agent would add (DESIGN §2): the interception legs as `hopscope.layer=iptables` and
+        the answering attempt's wire legs as `hopscope.layer=network`."""
+        legs = [("iptables", "iptables redirect", client.start_us, outbound.start_us),
+                ("iptables", "iptables redirect", outbound.end_us, client.end_us)]
+        legs += [("network", "tcp transfer", start, end) for start, end in wire]
+        for layer, name, start, end in legs:
+            span = self._span(client.span_id, name, 1, start, ("ebpf", "ebpf-agent", pod.name), pod,
+                              {"hopscope.layer": layer})
             span.end_us = end
 
     def _drop_lost(self, spans: list[SimSpan]) -> list[SimSpan]:

@@ -85,3 +85,20 @@ def app_client_attributes(callee: Service, callee_ip: str, status: int) -> dict[
     return {"http.request.method": "GET", "url.full": f"http://{callee.fqdn}:{callee.port}{callee.path}",
             "server.address": callee.fqdn, "server.port": callee.port, "network.peer.address": callee_ip,
             "network.peer.port": callee.port, "http.response.status_code": status}
+
+
+# ---- Linkerd 2.x (linkerd2-proxy ≥ v2.274), per shared/reference/MESH-SOURCES.md §1 ------------------------------
+# Four proxy spans per hop (outbound SERVER + CLIENT per attempt, inbound SERVER + CLIENT to the app), every span
+# named by the URL path, string-valued semconv attributes plus `direction`, status always Unset, flags 0x300, an
+# empty scope, and a resource that names the proxy container.
+
+def linkerd_resource(service: Service, pod: Pod) -> dict[str, Any]:
+    return {"process.pid": 1, "process.start_timestamp": 1_795_600_000, "host.name": pod.name,
+            "service.name": "linkerd-proxy", "app": service.name, "linkerd.io/workload-ns": service.namespace,
+            "k8s.pod.ip": pod.ip, "k8s.container.name": "linkerd-proxy"}
+
+
+def linkerd_attributes(callee: Service, outbound: bool, status: int) -> dict[str, str]:
+    return {"direction": "outbound" if outbound else "inbound", "http.request.method": "GET", "url.scheme": "http",
+            "url.path": callee.path, "server.address": callee.fqdn, "server.port": str(callee.port),
+            "http.response.status_code": str(status)}
