@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import signal
 import socket
@@ -30,6 +31,7 @@ from hopscope.collector.store import IN_MEMORY, DatabaseInUse, SchemaTooNew, Spa
 
 log = logging.getLogger("hopscope")
 GRACE_SECONDS = 4.0
+SLOW_SHUTDOWN_SECONDS = 8.0
 
 
 class _Server(uvicorn.Server):
@@ -122,6 +124,7 @@ async def _serve(settings: Settings, store: SpanStore, on_ready: OnReady | None)
 
     started = time.monotonic()
     print("hopscope: stopping — storing every acknowledged span before exit", flush=True)
+    faulthandler.dump_traceback_later(SLOW_SHUTDOWN_SECONDS)  # a stop that hangs leaves its stacks in the log
     pipeline.stop_accepting()
     await set_serving(health, False)
     otlp_http.should_exit = True
@@ -132,6 +135,7 @@ async def _serve(settings: Settings, store: SpanStore, on_ready: OnReady | None)
     log.info("DuckDB drained and checkpointed after %.1f s", time.monotonic() - started)
     api.should_exit = True
     await api_task
+    faulthandler.cancel_dump_traceback_later()
     print(f"hopscope: stopped cleanly in {time.monotonic() - started:.1f} s", flush=True)
     return 0
 

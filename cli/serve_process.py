@@ -68,7 +68,11 @@ class ServeProcess:
         """SIGTERM and wait; returns the exit code."""
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout)
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise TimeoutError(f"hopscope serve did not stop within {timeout} s{self._log_tail()}") from None
         self._drain_stdout()
         return code
 

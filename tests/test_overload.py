@@ -41,12 +41,19 @@ def _retry_delay(error: grpc.RpcError) -> float | None:
     return None
 
 
+def _heavy_request() -> bytes:
+    """Many bytes in few spans, so the in-flight budget binds long before the span backlog does."""
+    request = request_with(100)
+    request.resource_spans[0].scope_spans[0].spans[0].attributes.add(key="blob").value.string_value = "x" * 900_000
+    return request.SerializeToString()
+
+
 def test_spent_in_flight_budget_is_unavailable_with_retry_info(start_serve: Callable[..., ServeProcess],
                                                                tmp_path: Path) -> None:
     server = start_serve("--max-inflight-mib", "1")
-    bodies = [request_with(3000).SerializeToString() for _ in range(16)]  # ~0.3 MiB each, 16 at once
+    bodies = [_heavy_request() for _ in range(24)]  # 0.9 MiB in 100 spans: any two overlap the budget
     acked, errors = _send_all(server, bodies)
-    assert errors, "16 concurrent 0.3 MiB requests fit a 1 MiB in-flight budget?"
+    assert errors, "24 concurrent 0.9 MiB requests never overlapped within a 1 MiB in-flight budget?"
     for error in errors:
         assert error.code() == grpc.StatusCode.UNAVAILABLE
         assert _retry_delay(error) is not None and "in flight" in error.details()
