@@ -25,9 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from loadgen import run_load  # noqa: E402
 from proctree import cpu_seconds, peak_rss_bytes  # noqa: E402
+from spans import build_request  # noqa: E402
 
+from hopscope.instrumentation.loadgen import UniqueRequests, run_load  # noqa: E402
 from hopscope.serve_process import ServeProcess  # noqa: E402
 
 
@@ -63,9 +64,6 @@ def _probe_freshness(server: ServeProcess, window: tuple[float, float], lags: li
     """Every 0.5 s in the window: send one span, and time from its acknowledgement until DuckDB has stored every
     span acknowledged up to then (FIFO, so an upper bound on when the probe became queryable)."""
     import grpc
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from spans import UniqueRequests, build_request
 
     probe = UniqueRequests(build_request(1, seed=999), 999)
     with grpc.insecure_channel(server.grpc_target) as channel:
@@ -111,8 +109,8 @@ def _measure(pid: int, api_url: str | None, target: str, args: argparse.Namespac
     start_at = time.time() + 2.0
     window = (start_at + args.warmup, start_at + args.warmup + args.seconds)
     samplers = [_sample_at(window[0], begin, pid, api_url), _sample_at(window[1], end, pid, api_url)]
-    acked, refused, latencies, _ = run_load(target, args.processes, args.streams, args.spans, args.warmup,
-                                            args.seconds, rate)
+    acked, refused, latencies, _ = run_load(target, build_request, args.processes, args.streams, args.spans,
+                                            args.warmup, args.seconds, rate)
     for sampler in samplers:
         sampler.join()
     return acked, refused, latencies, begin, end

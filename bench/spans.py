@@ -2,15 +2,12 @@
 Envoy 1.40 captures in shared/reference/mesh (string-valued OpenTracing-era keys, µs timestamps), half OTel SDK app
 spans (semconv keys, typed values). ~15-20 attributes a span, 512 spans a request by default.
 
-Every send gets fresh trace ids cheaply: the byte offsets of each trace id in the encoded request are found once,
-and a per-send counter is written there, so (trace_id, span_id) is unique across the whole run without encoding
-the request again.
+The load generator (hopscope.instrumentation.loadgen) gives every send fresh trace ids.
 """
 
 from __future__ import annotations
 
 import random
-import struct
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -105,23 +102,3 @@ def build_request(spans: int = 512, seed: int = 0, start_ns: int = 1_795_672_246
                     span.status.code = Status.STATUS_CODE_ERROR
                 made += 1
     return request.SerializeToString()
-
-
-class UniqueRequests:
-    """Sends of one encoded request with fresh trace ids each time (see module docstring)."""
-
-    def __init__(self, encoded: bytes, stream_id: int) -> None:
-        request = ExportTraceServiceRequest.FromString(encoded)
-        self._buffer = bytearray(encoded)
-        self._offsets = [encoded.find(span.trace_id) for rs in request.resource_spans for ss in rs.scope_spans
-                         for span in ss.spans]
-        self.spans = len(self._offsets)
-        self._stream = stream_id
-        self._sends = 0
-
-    def next(self) -> bytes:
-        self._sends += 1
-        stamp = struct.pack("<II", self._stream, self._sends)
-        for offset in self._offsets:
-            self._buffer[offset: offset + 8] = stamp
-        return bytes(self._buffer)

@@ -1,15 +1,22 @@
 """OTLP over raw gRPC: send pre-serialised ExportTraceServiceRequests, honouring RetryInfo.
 
 The load generator of the simulator's `raw` mode and of bench/: no encoding on the sending path, so the sender
-can go faster than the collector and measure it, not itself.
+can go faster than the collector and measure it, not itself. `run_load` drives processes × streams, flat out or
+paced to a span rate, and counts acknowledged spans and Export latencies inside a measurement window.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import struct
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
@@ -47,3 +54,104 @@ class RawExporter:
 
     def close(self) -> None:
         self._channel.close()
+
+
+class UniqueRequests:
+    """Sends of one encoded request with fresh trace ids each time, cheaply: the byte offsets of each trace id are
+    found once, and a per-send counter is written there, so (trace_id, span_id) stays unique across a whole run
+    without encoding the request again."""
+
+    def __init__(self, encoded: bytes, stream_id: int) -> None:
+        request = ExportTraceServiceRequest.FromString(encoded)
+        self._buffer = bytearray(encoded)
+        self._offsets = [encoded.find(span.trace_id) for rs in request.resource_spans for ss in rs.scope_spans
+                         for span in ss.spans]
+        self.spans = len(self._offsets)
+        self._stream = stream_id
+        self._sends = 0
+
+    def next(self) -> bytes:
+        self._sends += 1
+        stamp = struct.pack("<II", self._stream, self._sends)
+        for offset in self._offsets:
+            self._buffer[offset: offset + 8] = stamp
+        return bytes(self._buffer)
+
+
+@dataclass
+class StreamResult:
+    acked_spans: int = 0
+    refused: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+
+RequestFactory = Callable[[int, int], bytes]  # (spans, seed) → an encoded request; must be importable (spawn)
+
+
+def _stream(target: str, build: RequestFactory, stream_id: int, spans: int, start_at: float,
+            window: tuple[float, float], interval: float, result: StreamResult) -> None:
+    requests = UniqueRequests(build(spans, stream_id), stream_id)
+    channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
+    export = channel.unary_unary(EXPORT_METHOD)
+    next_send = start_at
+    while True:
+        now = time.time()
+        if now >= window[1]:
+            break
+        if interval:
+            if now < next_send:
+                time.sleep(next_send - now)
+            next_send += interval
+        payload = requests.next()
+        sent = time.time()
+        try:
+            export(payload, timeout=30)
+        except grpc.RpcError as error:
+            result.refused += 1
+            if error.code() == grpc.StatusCode.UNAVAILABLE:
+                time.sleep(retry_delay(error))
+            continue
+        done = time.time()
+        if window[0] <= sent and done <= window[1]:
+            result.acked_spans += requests.spans
+            result.latencies.append(done - sent)
+    channel.close()
+
+
+def _process(target: str, build: RequestFactory, first_stream: int, streams: int, spans: int, start_at: float,
+             window: tuple[float, float], interval: float, queue: multiprocessing.Queue) -> None:
+    results = [StreamResult() for _ in range(streams)]
+    threads = [threading.Thread(target=_stream, args=(target, build, first_stream + i, spans,
+                                                      start_at + i * interval / max(streams, 1), window, interval,
+                                                      results[i])) for i in range(streams)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    queue.put((sum(r.acked_spans for r in results), sum(r.refused for r in results),
+               [latency for r in results for latency in r.latencies]))
+
+
+def run_load(target: str, build: RequestFactory, processes: int, streams: int, spans_per_request: int, warmup: float,
+             seconds: float, rate: float | None = None) -> tuple[int, int, list[float], tuple[float, float]]:
+    """Run the load (flat out, or paced to `rate` spans/s) from `processes` × `streams` senders; returns
+    (acked spans in the window, refusals, Export latencies in the window, (window start, end))."""
+    context = multiprocessing.get_context("spawn")
+    queue: multiprocessing.Queue = context.Queue()
+    total_streams = processes * streams
+    interval = spans_per_request * total_streams / rate if rate else 0.0
+    start_at = time.time() + 2.0  # let the processes import and connect
+    window = (start_at + warmup, start_at + warmup + seconds)
+    workers = [context.Process(target=_process, args=(target, build, p * streams, streams, spans_per_request,
+                                                      start_at + p * interval / max(processes, 1), window, interval,
+                                                      queue)) for p in range(processes)]
+    for worker in workers:
+        worker.start()
+    acked, refused, latencies = 0, 0, []
+    for _ in workers:
+        a, r, lat = queue.get()
+        acked, refused = acked + a, refused + r
+        latencies.extend(lat)
+    for worker in workers:
+        worker.join()
+    return acked, refused, latencies, window

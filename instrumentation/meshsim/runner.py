@@ -99,3 +99,16 @@ class SimulationRun:
             self._sdk_exporter.shutdown()
         else:
             self._raw.close()
+
+
+def simulated_request(spans: int, seed: int) -> bytes:
+    """An encoded Export of about `spans` spans of simulated Bookinfo traffic: a request factory for
+    loadgen.run_load (module-level, so spawned load processes can import it)."""
+    from hopscope.instrumentation.meshsim.topology import load_topology
+
+    topology = load_topology("bookinfo")
+    simulator = MeshSimulator(topology, seed)
+    batch: list[SimulatedRequest] = []
+    while sum(len(r.spans) for r in batch) < spans:
+        batch.append(simulator.request(1_795_672_246_000_000 + len(batch) * 25_000))
+    return Encoder(topology).request(batch).SerializeToString()
