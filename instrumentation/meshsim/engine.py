@@ -98,6 +98,64 @@ class Options:
         return self.spawn_upstream_span or self.mesh == "linkerd"
 
 
+@dataclass(frozen=True)
+class _HopContext:
+    """Who is calling whom on one hop, and how the caller's proxy names and tags its spans."""
+
+    callee: Service
+    callee_pod: Pod
+    caller_pod: Pod
+    gateway: bool
+    linkerd: bool
+    request_id: str
+    reporter: str
+    namespace: str
+    upstream_spans: bool
+    has_proxy: bool
+
+    @property
+    def proxy_role(self) -> str:
+        return "gateway" if self.gateway else ("linkerd" if self.linkerd else "envoy")
+
+    def listener_name(self) -> str:
+        return self.callee.path if self.linkerd else f"{self.callee.fqdn}:{self.callee.port}/*"
+
+    def router_name(self) -> str:
+        return self.callee.path if self.linkerd else f"router outbound|{self.callee.port}||{self.callee.fqdn} egress"
+
+    def listener_attributes(self, status: int, attempts: int, response_size: int) -> dict[str, Any]:
+        if self.linkerd:
+            return shapes.linkerd_attributes(self.callee, True, status)
+        return shapes.listener_attributes(
+            reporter_pod=self.caller_pod, reporter=self.reporter, namespace=self.namespace, callee=self.callee,
+            outbound=True, request_id=self.request_id, peer=self.caller_pod.ip, status=status,
+            response_flags="URX" if status >= 500 and attempts > 1 else "-", response_size=response_size,
+            gateway=self.gateway)
+
+    def router_attributes(self, status: int, attempt: int) -> dict[str, Any]:
+        if self.linkerd:
+            return shapes.linkerd_attributes(self.callee, True, status)
+        return shapes.router_attributes(reporter=self.reporter, namespace=self.namespace,
+                                        cluster=f"outbound|{self.callee.port}||{self.callee.fqdn}",
+                                        upstream=f"{self.callee_pod.ip}:{self.callee.port}", status=status,
+                                        retry_count=attempt)
+
+
+@dataclass(frozen=True)
+class _Attempts:
+    """How the attempts of one hop went: the final answer's time and status, and the truth's parts."""
+
+    end: int
+    status: int
+    attempts: int
+    retry: int
+    network: int
+    new_connection: bool
+    inbound_proxy: int | None
+    app: int
+    wire: list[tuple[int, int]]
+
+
 class MeshSimulator:
     """Deterministic: the same topology, options and seed give the same requests, byte for byte once encoded."""
 
@@ -138,105 +196,90 @@ class MeshSimulator:
         answer. Records its truth. `parent` is the span whose context the caller's request carries."""
         rng = self._rng
         callee = self.topology.services[call.service]
-        callee_pod = rng.choice(callee.pods)
-        has_proxy = gateway or (caller is not None and caller.sidecar)
-        spawn_upstream = gateway or self.options.upstream_spans
-        linkerd = self.options.mesh == "linkerd" and not gateway
-        proxy_role = "gateway" if gateway else ("linkerd" if linkerd else "envoy")
-        request_id = self._request_id()
-        reporter = GATEWAY if gateway else (caller.name if caller else "")
-        namespace = "istio-system" if gateway else (caller.namespace if caller else "default")
+        hop = _HopContext(
+            callee=callee, callee_pod=rng.choice(callee.pods), caller_pod=caller_pod, gateway=gateway,
+            linkerd=self.options.mesh == "linkerd" and not gateway, request_id=self._request_id(),
+            reporter=GATEWAY if gateway else (caller.name if caller else ""),
+            namespace="istio-system" if gateway else (caller.namespace if caller else "default"),
+            upstream_spans=gateway or self.options.upstream_spans,
+            has_proxy=gateway or (caller is not None and caller.sidecar))
         client = None
-        if caller_app_span is not None:
+        if caller_app_span is not None and caller is not None:
             client = self._span(caller_app_span.span_id, "GET", CLIENT, t0, ("app", caller.name, caller_pod.name),
                                 caller_pod, {})
-        t = t0
-        iptables = proxy_out = None
-        ipt_resp = po_resp = 0
-        outbound = None
-        if has_proxy:
-            interception = caller.iptables if (caller is not None and not gateway) else None
-            ipt_req = interception.sample_us(rng) if interception else 0
-            ipt_resp = interception.sample_us(rng) if interception else 0
+        interception = caller.iptables if (caller is not None and not gateway and hop.has_proxy) else None
+        ipt_req, ipt_resp = (interception.sample_us(rng), interception.sample_us(rng)) if interception else (0, 0)
+        outbound, po_req, po_resp = None, 0, 0
+        if hop.has_proxy:
             profile = caller.proxy_outbound if caller is not None else callee.proxy_outbound
             po_req, po_resp = profile.sample_us(rng), profile.sample_us(rng)
             context = client or parent
-            outbound = self._span(context.span_id if context else None,
-                                  callee.path if linkerd else f"{callee.fqdn}:{callee.port}/*",
-                                  SERVER if spawn_upstream else CLIENT, t0 + ipt_req,
-                                  (proxy_role, reporter, caller_pod.name), caller_pod, {})
-            t = t0 + ipt_req + po_req
-            iptables = ipt_req + ipt_resp if client is not None else None
-            proxy_out = po_req + po_resp
+            outbound = self._span(context.span_id if context else None, hop.listener_name(),
+                                  SERVER if hop.upstream_spans else CLIENT, t0 + ipt_req,
+                                  (hop.proxy_role, hop.reporter, caller_pod.name), caller_pod, {})
+        result = self._attempts(hop, call, outbound or client or parent, outbound, t0 + ipt_req + po_req)
+        t = result.end
+        if outbound is not None:
+            t += po_resp
+            outbound.end_us = t
+            outbound.error = result.status >= 500 and not hop.linkerd  # Linkerd leaves status Unset (§1.1)
+            outbound.attributes = hop.listener_attributes(result.status, result.attempts, self._response_size(
+                result.status))
+            t += ipt_resp
+        if client is not None:
+            client.end_us = t
+            client.error = result.status >= 500
+            client.attributes = shapes.app_client_attributes(callee, hop.callee_pod.ip, result.status)
+        outermost = client or outbound
+        self._hops.append(HopTruth(
+            trace_id=self._trace_hex, caller=hop.reporter, callee=callee.name, caller_pod=caller_pod.name,
+            callee_pod=hop.callee_pod.name, caller_node=caller_pod.node, callee_node=hop.callee_pod.node,
+            total_us=outermost.end_us - outermost.start_us if outermost else t - t0,
+            iptables_us=ipt_req + ipt_resp if client is not None and hop.has_proxy else None,
+            proxy_outbound_us=po_req + po_resp if hop.has_proxy else None, proxy_inbound_us=result.inbound_proxy,
+            network_us=result.network, app_us=result.app, retry_us=result.retry, attempts=result.attempts,
+            status=result.status, new_connection=result.new_connection,
+            outermost_span_id=outermost.span_id.hex() if outermost else ""))
+        if self.options.ebpf_spans and client is not None and outbound is not None:
+            self._ebpf_spans(client, outbound, caller_pod, result.wire)
+        return t
+
+    def _attempts(self, hop: _HopContext, call: Call, parent: SimSpan | None, outbound: SimSpan | None,
+                  t: int) -> _Attempts:
+        """Send the request (and its retries, when a proxy makes them) from instant t until an answer is final."""
+        rng = self._rng
         first_attempt = t
-        attempts, status, new_connection, network, attempt_start = 0, 0, False, 0, t
         for attempt in range(call.retries + 1):
-            attempts += 1
-            attempt_parent = outbound or client or parent
-            router = None
-            if has_proxy and spawn_upstream:
-                assert outbound is not None
-                router = self._span(outbound.span_id, callee.path if linkerd else
-                                    f"router outbound|{callee.port}||{callee.fqdn} egress",
-                                    CLIENT, t, outbound.emitter, caller_pod, {})
+            attempt_parent, router = parent, None
+            if outbound is not None and hop.upstream_spans:
+                router = self._span(outbound.span_id, hop.router_name(), CLIENT, t, outbound.emitter,
+                                    hop.caller_pod, {})
                 attempt_parent = router
-            one_way = self.topology.one_way(caller_pod, callee_pod)
-            connection = (caller_pod.name, callee_pod.name)
+            one_way = self.topology.one_way(hop.caller_pod, hop.callee_pod)
+            connection = (hop.caller_pod.name, hop.callee_pod.name)
             handshake = 0
             if self.topology.handshake and connection not in self._connections:
                 self._connections.add(connection)
                 handshake = one_way.sample_us(rng) + one_way.sample_us(rng)  # SYN → SYN-ACK before the request
-            new_connection = handshake > 0
             net_req, net_resp = handshake + one_way.sample_us(rng), one_way.sample_us(rng)
             attempt_start = t
             in_end, status, inbound_proxy, app_time = self._serve(
-                callee, callee_pod, t + net_req, attempt_parent,
-                caller_address=caller_pod.ip, request_id=request_id, via_proxy=has_proxy)
+                hop.callee, hop.callee_pod, t + net_req, attempt_parent, caller_address=hop.caller_pod.ip,
+                request_id=hop.request_id)
             t = in_end + net_resp
-            network = net_req + net_resp
             if router is not None:
                 router.end_us = t
-                router.attributes = shapes.linkerd_attributes(callee, True, status) if linkerd else \
-                    shapes.router_attributes(reporter=reporter, namespace=namespace,
-                                             cluster=f"outbound|{callee.port}||{callee.fqdn}",
-                                             upstream=f"{callee_pod.ip}:{callee.port}", status=status,
-                                             retry_count=attempt)
-                router.error = status >= 500 and not linkerd
-            if status < 500 or attempt == call.retries or not has_proxy:
+                router.attributes = hop.router_attributes(status, attempt)
+                router.error = status >= 500 and not hop.linkerd
+            if status < 500 or attempt == call.retries or not hop.has_proxy:
                 break
             t += call.backoff.sample_us(rng)
-        retry = attempt_start - first_attempt
-        flags = "URX" if status >= 500 and attempts > 1 else "-"
-        if outbound is not None:
-            t += po_resp
-            outbound.end_us = t
-            outbound.error = status >= 500 and not linkerd  # Linkerd leaves the status Unset (MESH-SOURCES §1.1)
-            outbound.attributes = shapes.linkerd_attributes(callee, True, status) if linkerd else \
-                shapes.listener_attributes(
-                    reporter_pod=caller_pod, reporter=reporter, namespace=namespace, callee=callee, outbound=True,
-                    request_id=request_id, peer=caller_pod.ip, status=status, response_flags=flags,
-                    response_size=self._response_size(status), gateway=gateway)
-            t += ipt_resp
-        if client is not None:
-            client.end_us = t
-            client.error = status >= 500
-            client.attributes = shapes.app_client_attributes(callee, callee_pod.ip, status)
-        outermost = client or outbound
-        total = outermost.end_us - outermost.start_us if outermost else t - t0
-        self._hops.append(HopTruth(
-            trace_id=self._trace_hex, caller=reporter if gateway else caller.name, callee=callee.name,  # type: ignore
-            caller_pod=caller_pod.name, callee_pod=callee_pod.name, caller_node=caller_pod.node,
-            callee_node=callee_pod.node, total_us=total, iptables_us=iptables, proxy_outbound_us=proxy_out,
-            proxy_inbound_us=inbound_proxy, network_us=network, app_us=app_time, retry_us=retry, attempts=attempts,
-            status=status, new_connection=new_connection,
-            outermost_span_id=outermost.span_id.hex() if outermost else ""))
-        if self.options.ebpf_spans and client is not None and outbound is not None:
-            self._ebpf_spans(client, outbound, caller_pod, [(attempt_start, attempt_start + net_req),
-                                                            (in_end, in_end + net_resp)])
-        return t
+        return _Attempts(end=t, status=status, attempts=attempt + 1, retry=attempt_start - first_attempt,
+                         network=net_req + net_resp, new_connection=handshake > 0, inbound_proxy=inbound_proxy,
+                         app=app_time, wire=[(attempt_start, attempt_start + net_req), (in_end, in_end + net_resp)])
 
     def _serve(self, callee: Service, pod: Pod, t_in: int, parent: SimSpan | None, caller_address: str,
-               request_id: str, via_proxy: bool = True) -> tuple[int, int, int | None, int]:
+               request_id: str) -> tuple[int, int, int | None, int]:
         """The callee side of an attempt arriving at t_in: returns (end, status, inbound proxy µs, app µs)."""
         rng = self._rng
         inbound = None
