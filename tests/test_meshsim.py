@@ -241,3 +241,17 @@ def test_linkerd_hops_have_four_proxy_spans_shaped_as_linkerd2_proxy_emits_them(
         chain.append((direction, parent.kind))
         span = parent
     assert chain[:5] == [("inbound", 3), ("inbound", 2), ("outbound", 3), ("outbound", 2), ("app", 3)]
+
+
+def test_a_route_timeout_answers_504_ut_while_the_callee_runs_on() -> None:
+    spec = json.loads(json.dumps(CAPTURE_LIKE))
+    spec["services"]["service-a"]["calls"] = [[{"service": "service-b", "timeout": 5}]]
+    spec["services"]["service-b"]["app"] = 20  # always slower than the 5 ms route timeout
+    request = MeshSimulator(topology_from_dict(spec), seed=1).request(10**15)
+    hop = next(h for h in request.hops if h.callee == "service-b")
+    assert hop.timed_out and hop.status == 504 and hop.network_us is None and hop.app_us is None
+    assert hop.components_sum() == hop.total_us and hop.waited_us > 0
+    outbound = next(s for s in request.spans if s.emitter[:2] == ("envoy", "service-a") and s.kind == 3)
+    assert outbound.attributes["response_flags"] == "UT" and outbound.attributes["http.status_code"] == "504"
+    callee_app = next(s for s in request.spans if s.name == "GET /service-b")
+    assert callee_app.end_us > outbound.end_us  # the callee finishes after its caller gave up: a real anomaly

@@ -55,18 +55,20 @@ class HopTruth:
     iptables_us: int | None
     proxy_outbound_us: int | None
     proxy_inbound_us: int | None
-    network_us: int
-    app_us: int
+    network_us: int | None
+    app_us: int | None
     retry_us: int
     attempts: int
     status: int
     new_connection: bool
     outermost_span_id: str = ""
     lost_span_ids: list[str] = field(default_factory=list)
+    timed_out: bool = False  # the caller's proxy gave up (504 UT): network/app/inbound are not inside the total
+    waited_us: int | None = None  # then: from the last attempt's start until the proxy gave up
 
     def components_sum(self) -> int:
         parts = (self.iptables_us, self.proxy_outbound_us, self.proxy_inbound_us, self.network_us, self.app_us,
-                 self.retry_us)
+                 self.retry_us, self.waited_us)
         return sum(p for p in parts if p is not None)
 
 
@@ -129,7 +131,8 @@ class _HopContext:
         return shapes.listener_attributes(
             reporter_pod=self.caller_pod, reporter=self.reporter, namespace=self.namespace, callee=self.callee,
             outbound=True, request_id=self.request_id, peer=self.caller_pod.ip, status=status,
-            response_flags="URX" if status >= 500 and attempts > 1 else "-", response_size=response_size,
+            response_flags="UT" if status == 504 else "URX" if status >= 500 and attempts > 1 else "-",
+            response_size=response_size,
             gateway=self.gateway)
 
     def router_attributes(self, status: int, attempt: int) -> dict[str, Any]:
@@ -149,11 +152,12 @@ class _Attempts:
     status: int
     attempts: int
     retry: int
-    network: int
+    network: int | None
     new_connection: bool
     inbound_proxy: int | None
-    app: int
+    app: int | None
     wire: list[tuple[int, int]]
+    waited: int | None = None  # set when the route timeout fired
 
 
 class MeshSimulator:
@@ -217,7 +221,8 @@ class MeshSimulator:
             outbound = self._span(context.span_id if context else None, hop.listener_name(),
                                   SERVER if hop.upstream_spans else CLIENT, t0 + ipt_req,
                                   (hop.proxy_role, hop.reporter, caller_pod.name), caller_pod, {})
-        result = self._attempts(hop, call, outbound or client or parent, outbound, t0 + ipt_req + po_req)
+        deadline = t0 + ipt_req + call.timeout.sample_us(rng) if call.timeout and outbound is not None else None
+        result = self._attempts(hop, call, outbound or client or parent, outbound, t0 + ipt_req + po_req, deadline)
         t = result.end
         if outbound is not None:
             t += po_resp
@@ -239,14 +244,16 @@ class MeshSimulator:
             proxy_outbound_us=po_req + po_resp if hop.has_proxy else None, proxy_inbound_us=result.inbound_proxy,
             network_us=result.network, app_us=result.app, retry_us=result.retry, attempts=result.attempts,
             status=result.status, new_connection=result.new_connection,
-            outermost_span_id=outermost.span_id.hex() if outermost else ""))
+            outermost_span_id=outermost.span_id.hex() if outermost else "", timed_out=result.waited is not None,
+            waited_us=result.waited))
         if self.options.ebpf_spans and client is not None and outbound is not None:
             self._ebpf_spans(client, outbound, caller_pod, result.wire)
         return t
 
     def _attempts(self, hop: _HopContext, call: Call, parent: SimSpan | None, outbound: SimSpan | None,
-                  t: int) -> _Attempts:
-        """Send the request (and its retries, when a proxy makes them) from instant t until an answer is final."""
+                  t: int, deadline: int | None) -> _Attempts:
+        """Send the request (and its retries, when a proxy makes them) from instant t until an answer is final,
+        or until the route timeout (`deadline`, measured from the outbound span's start as Envoy does) fires."""
         rng = self._rng
         first_attempt = t
         for attempt in range(call.retries + 1):
@@ -267,6 +274,13 @@ class MeshSimulator:
                 hop.callee, hop.callee_pod, t + net_req, attempt_parent, caller_address=hop.caller_pod.ip,
                 request_id=hop.request_id)
             t = in_end + net_resp
+            if deadline is not None and t > deadline:  # the proxy gives up; the callee's spans run on past it
+                if router is not None:
+                    router.end_us = deadline
+                    router.attributes = {**hop.router_attributes(504, attempt), "canceled": "true"}
+                return _Attempts(end=deadline, status=504, attempts=attempt + 1, retry=attempt_start - first_attempt,
+                                 network=None, new_connection=handshake > 0, inbound_proxy=None, app=None, wire=[],
+                                 waited=deadline - attempt_start)
             if router is not None:
                 router.end_us = t
                 router.attributes = hop.router_attributes(status, attempt)

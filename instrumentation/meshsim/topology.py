@@ -13,7 +13,7 @@ Built-ins (`bookinfo`, `shop`) are the same dictionaries a user writes in YAML, 
         app: {median_ms: 8, sigma: 0.4}
         calls:                                 # steps run one after another; the calls in a step in parallel
           - [{service: details}]
-          - [{service: reviews, retries: 2, backoff: {min_ms: 20, max_ms: 40}}]
+          - [{service: reviews, retries: 2, backoff: {min_ms: 20, max_ms: 40}, timeout: 200}]
       mysql: {sidecar: false, instrumented: false, pods: [{node: node-b}]}
 
 A service may set `sidecar: false` (outside the mesh), `instrumented: false` (no app spans), `error_rate`
@@ -45,6 +45,7 @@ class Call:
     service: str
     retries: int = 0
     backoff: Latency = field(default_factory=lambda: Latency("uniform", 20.0, 40.0))
+    timeout: Latency | None = None  # Envoy's route timeout, over all attempts
 
 
 @dataclass(frozen=True)
@@ -141,9 +142,11 @@ def _call(raw: Any, where: str) -> Call:
     if isinstance(raw, str):
         return Call(raw)
     if not isinstance(raw, dict) or "service" not in raw:
-        raise ValueError(f"{where}: a call is a service name or {{service: NAME, retries: N, backoff: LATENCY}}")
+        raise ValueError(f"{where}: a call is a service name or {{service: NAME, retries: N, backoff: LATENCY, "
+                         "timeout: LATENCY}}")
     backoff = latency(raw["backoff"], f"{where}.backoff") if "backoff" in raw else Latency("uniform", 20.0, 40.0)
-    return Call(str(raw["service"]), int(raw.get("retries", 0)), backoff)
+    timeout = latency(raw["timeout"], f"{where}.timeout") if "timeout" in raw else None
+    return Call(str(raw["service"]), int(raw.get("retries", 0)), backoff, timeout)
 
 
 BOOKINFO: dict[str, Any] = {
@@ -170,7 +173,8 @@ SHOP: dict[str, Any] = {
                      "calls": [["cart"], [{"service": "checkout", "retries": 1}]]},
         "cart": {"pods": [{"node": "node-2"}], "app": {"median_ms": 1, "sigma": 0.3}, "calls": [["redis"]]},
         "checkout": {"pods": [{"node": "node-3"}], "app": {"median_ms": 4, "sigma": 0.4}, "error_rate": 0.02,
-                     "calls": [["cart", "currency", "shipping"], ["payment"], ["email"]]},
+                     "calls": [["cart", "currency", "shipping"], [{"service": "payment", "timeout": 12}],
+                               ["email"]]},
         "currency": {"pods": [{"node": "node-1"}, {"node": "node-3"}], "app": {"median_ms": 0.8, "sigma": 0.3}},
         "shipping": {"pods": [{"node": "node-2"}], "app": {"median_ms": 2, "sigma": 0.3}},
         "payment": {"pods": [{"node": "node-3"}], "app": {"median_ms": 6, "sigma": 0.6}, "instrumented": False},
