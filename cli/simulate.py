@@ -23,7 +23,8 @@ def add_simulation_arguments(parser: argparse.ArgumentParser, default_rate: floa
     group.add_argument("--mode", choices=MODES, default="sdk",
                        help="sdk: through the real OpenTelemetry OTLP exporter; raw: pre-serialised OTLP over gRPC")
     group.add_argument("--mesh", choices=MESHES, default="istio",
-                       help="whose sidecars emit the proxy spans: Envoy/Istio (two per hop) or linkerd2-proxy (four)")
+                       help="who emits the proxy spans: Envoy/Istio sidecars (two per hop), linkerd2-proxy (four), "
+                            "Istio ambient with waypoints (one), or ambient without waypoints (none)")
     group.add_argument("--spawn-upstream-span", action="store_true",
                        help="Envoy's spawn_upstream_span: an upstream CLIENT span per attempt")
     group.add_argument("--lost-span-rate", type=float, default=0.0, help="share of spans dropped in transit")

@@ -20,6 +20,7 @@ from hopscope.instrumentation.meshsim.topology import Topology
 REMOTE_PARENT_FLAGS = 0x300  # OTLP: has-is-remote + is-remote
 LOCAL_PARENT_FLAGS = 0x100
 SAMPLED = 0x01
+ENVOY_ROLES = ("envoy", "gateway", "waypoint")
 
 
 def _any_value(value: Any) -> AnyValue:
@@ -55,6 +56,8 @@ class Encoder:
         service = self._topology.services[service_name]
         if role == "envoy":
             return shapes.envoy_resource(service)
+        if role == "waypoint":
+            return shapes.envoy_resource(service, waypoint=True)
         if role == "linkerd":
             pod = self._pod(service_name, pod_name)
             return shapes.linkerd_resource(service, pod)
@@ -65,7 +68,7 @@ class Encoder:
     def scope(self, emitter: tuple[str, str, str]) -> tuple[str, str]:
         if emitter[0] == "linkerd":
             return ("", "")  # linkerd2-proxy exports with an empty scope
-        return ("envoy", shapes.ENVOY_BUILD) if emitter[0] in ("envoy", "gateway") else shapes.APP_SCOPE
+        return ("envoy", shapes.ENVOY_BUILD) if emitter[0] in ENVOY_ROLES else shapes.APP_SCOPE
 
     def times_ns(self, span: SimSpan) -> tuple[int, int]:
         """Emitted instants: the node's clock (true time + its offset), in ns."""
@@ -73,7 +76,7 @@ class Encoder:
         return (span.start_us + offset) * 1000, (span.end_us + offset) * 1000
 
     def flags(self, span: SimSpan) -> int:
-        if span.emitter[0] in ("envoy", "gateway"):
+        if span.emitter[0] in ENVOY_ROLES:
             return (0x301 if span.parent_id else 0x101)  # Envoy: 769 with a (remote) parent, 257 for a root
         if span.emitter[0] == "linkerd":
             return 0x300  # remote-parent bits set, sampled bit clear (MESH-SOURCES §1.1)

@@ -79,7 +79,7 @@ class SimulatedRequest:
     hops: list[HopTruth]
 
 
-MESHES = ("istio", "linkerd")
+MESHES = ("istio", "linkerd", "ambient", "ambient-l4")
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class Options:
     spawn_upstream_span: bool = False  # Envoy's upstream CLIENT span per attempt (Linkerd always has one)
     lost_span_rate: float = 0.0
     ebpf_spans: bool = False
-    mesh: str = "istio"  # whose sidecars: Envoy/Istio or linkerd2-proxy
+    mesh: str = "istio"  # Envoy/Istio sidecars, linkerd2-proxy, Istio ambient with waypoints, or ztunnel only
 
     def __post_init__(self) -> None:
         if self.mesh not in MESHES:
@@ -98,6 +98,10 @@ class Options:
     @property
     def upstream_spans(self) -> bool:
         return self.spawn_upstream_span or self.mesh == "linkerd"
+
+    @property
+    def ambient(self) -> bool:
+        return self.mesh.startswith("ambient")
 
 
 @dataclass(frozen=True)
@@ -132,8 +136,7 @@ class _HopContext:
             reporter_pod=self.caller_pod, reporter=self.reporter, namespace=self.namespace, callee=self.callee,
             outbound=True, request_id=self.request_id, peer=self.caller_pod.ip, status=status,
             response_flags="UT" if status == 504 else "URX" if status >= 500 and attempts > 1 else "-",
-            response_size=response_size,
-            gateway=self.gateway)
+            response_size=response_size, node_kind="router" if self.gateway else "sidecar")
 
     def router_attributes(self, status: int, attempt: int) -> dict[str, Any]:
         if self.linkerd:
@@ -200,6 +203,8 @@ class MeshSimulator:
         answer. Records its truth. `parent` is the span whose context the caller's request carries."""
         rng = self._rng
         callee = self.topology.services[call.service]
+        if self.options.ambient and not gateway and caller is not None:
+            return self._ambient_hop(callee, caller, caller_pod, caller_app_span, parent, t0)
         hop = _HopContext(
             callee=callee, callee_pod=rng.choice(callee.pods), caller_pod=caller_pod, gateway=gateway,
             linkerd=self.options.mesh == "linkerd" and not gateway, request_id=self._request_id(),
@@ -292,6 +297,67 @@ class MeshSimulator:
                          network=net_req + net_resp, new_connection=handshake > 0, inbound_proxy=inbound_proxy,
                          app=app_time, wire=[(attempt_start, attempt_start + net_req), (in_end, in_end + net_resp)])
 
+    def _ambient_hop(self, callee: Service, caller: Service, caller_pod: Pod, caller_app_span: SimSpan | None,
+                     parent: SimSpan | None, t0: int) -> int:
+        """Istio ambient (MESH-SOURCES §2): no sidecar spans. The caller's in-pod redirect and source ztunnel, then
+        (with `mesh=ambient`) the callee's waypoint — an Envoy with one SERVER span — then the destination ztunnel
+        and in-pod redirect (network, as server-side interception is in DESIGN §3), then the callee app.
+        Truth: iptables = caller-side redirect, proxy_outbound = source ztunnel, proxy_inbound = waypoint."""
+        rng = self._rng
+        callee_pod = rng.choice(callee.pods)
+        in_mesh = caller.sidecar
+        ipt = (caller.iptables.sample_us(rng), caller.iptables.sample_us(rng)) if in_mesh else (0, 0)
+        ztunnel = (caller.proxy_outbound.sample_us(rng), caller.proxy_outbound.sample_us(rng)) if in_mesh else (0, 0)
+        waypoint_pod = Pod(f"waypoint-{callee.namespace}-5d8f", callee_pod.node, f"{callee_pod.ip}9")
+        with_waypoint = self.options.mesh == "ambient" and callee.sidecar
+        client = None
+        if caller_app_span is not None:
+            client = self._span(caller_app_span.span_id, "GET", CLIENT, t0, ("app", caller.name, caller_pod.name),
+                                caller_pod, {})
+        first_hop_to = waypoint_pod if with_waypoint else callee_pod
+        net1 = self._wire(caller_pod, first_hop_to)
+        t = t0 + ipt[0] + ztunnel[0] + net1[0]
+        waypoint = processing = None
+        request_id = self._request_id()
+        if with_waypoint:
+            processing = (callee.proxy_inbound.sample_us(rng), callee.proxy_inbound.sample_us(rng))
+            context = client or parent
+            waypoint = self._span(context.span_id if context else None, f"{callee.fqdn}:{callee.port}/*", SERVER, t,
+                                  ("waypoint", callee.name, waypoint_pod.name), waypoint_pod, {})
+            t += processing[0]
+        net2 = self._wire(waypoint_pod, callee_pod) if with_waypoint else (0, 0)
+        destination = (callee.iptables.sample_us(rng), callee.iptables.sample_us(rng)) if callee.sidecar else (0, 0)
+        app_start = t + net2[0] + destination[0]
+        app_end, status = self._app(callee, callee_pod, app_start, waypoint or client or parent, caller_pod.ip,
+                                    request_id)
+        t = app_end + destination[1] + net2[1]
+        if waypoint is not None and processing is not None:
+            t += processing[1]
+            waypoint.end_us = t
+            waypoint.error = status >= 500
+            waypoint.attributes = shapes.listener_attributes(
+                reporter_pod=waypoint_pod, reporter="waypoint", namespace=callee.namespace, callee=callee,
+                outbound=False, request_id=request_id, peer=caller_pod.ip, status=status, response_flags="-",
+                response_size=self._response_size(status), node_kind="waypoint")
+        t += net1[1] + ztunnel[1] + ipt[1]
+        if client is not None:
+            client.end_us = t
+            client.error = status >= 500
+            client.attributes = shapes.app_client_attributes(callee, callee_pod.ip, status)
+        self._hops.append(HopTruth(
+            trace_id=self._trace_hex, caller=caller.name, callee=callee.name, caller_pod=caller_pod.name,
+            callee_pod=callee_pod.name, caller_node=caller_pod.node, callee_node=callee_pod.node, total_us=t - t0,
+            iptables_us=sum(ipt) if in_mesh else None, proxy_outbound_us=sum(ztunnel) if in_mesh else None,
+            proxy_inbound_us=sum(processing) if processing else None,
+            network_us=sum(net1) + sum(net2) + sum(destination), app_us=app_end - app_start, retry_us=0, attempts=1,
+            status=status, new_connection=False, outermost_span_id=client.span_id.hex() if client else ""))
+        return t
+
+    def _wire(self, a: Pod, b: Pod) -> tuple[int, int]:
+        """One request leg and one response leg between two pods (HBONE connections are long-lived: no handshake)."""
+        one_way = self.topology.one_way(a, b)
+        return one_way.sample_us(self._rng), one_way.sample_us(self._rng)
+
     def _serve(self, callee: Service, pod: Pod, t_in: int, parent: SimSpan | None, caller_address: str,
                request_id: str) -> tuple[int, int, int | None, int]:
         """The callee side of an attempt arriving at t_in: returns (end, status, inbound proxy µs, app µs)."""
@@ -301,7 +367,7 @@ class MeshSimulator:
         app_start = t_in
         pi_req = pi_resp = 0
         linkerd = self.options.mesh == "linkerd"
-        if callee.sidecar:
+        if callee.sidecar and not self.options.ambient:
             pi_req, pi_resp = callee.proxy_inbound.sample_us(rng), callee.proxy_inbound.sample_us(rng)
             inbound = self._span(parent.span_id if parent else None,
                                  callee.path if linkerd else f"{callee.fqdn}:{callee.port}/*", SERVER, t_in,
@@ -330,7 +396,7 @@ class MeshSimulator:
                     reporter_pod=pod, reporter=callee.name, namespace=callee.namespace, callee=callee,
                     outbound=False, request_id=request_id, peer=caller_address, status=status, response_flags="-",
                     response_size=self._response_size(status))
-        return end, status, (pi_req + pi_resp) if callee.sidecar else None, app_end - app_start
+        return end, status, (pi_req + pi_resp) if inbound is not None else None, app_end - app_start
 
     def _app(self, service: Service, pod: Pod, start: int, parent: SimSpan | None, caller_address: str,
              request_id: str) -> tuple[int, int]:

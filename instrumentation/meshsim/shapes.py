@@ -19,8 +19,15 @@ INBOUND_PASSTHROUGH = "127.0.0.6"  # Istio's source address for inbound sidecar 
 USER_AGENT = "python-requests/2.32.3"
 
 
-def envoy_resource(service: Service | None, gateway: bool = False) -> dict[str, Any]:
-    name = "istio-ingressgateway.istio-system" if gateway else f"{service.name}.{service.namespace}"  # type: ignore
+def envoy_resource(service: Service | None, gateway: bool = False, waypoint: bool = False) -> dict[str, Any]:
+    """An Envoy's resource: service.name is the proxy's own cluster (`<svc>.<ns>`, `waypoint.<ns>` for an ambient
+    waypoint as in Istio ≤ 1.27 and ≥ 1.30)."""
+    if gateway:
+        name = "istio-ingressgateway.istio-system"
+    elif waypoint:
+        name = f"waypoint.{service.namespace}"  # type: ignore[union-attr]
+    else:
+        name = f"{service.name}.{service.namespace}"  # type: ignore[union-attr]
     return {"telemetry.sdk.name": "envoy", "telemetry.sdk.language": "cpp", "telemetry.sdk.version": ENVOY_BUILD,
             "service.name": name}
 
@@ -32,8 +39,8 @@ def app_resource(service: Service, pod: Pod) -> dict[str, Any]:
             "k8s.namespace.name": service.namespace, "k8s.pod.name": pod.name, "k8s.node.name": pod.node}
 
 
-def node_id(pod: Pod, namespace: str, gateway: bool = False) -> str:
-    kind = "router" if gateway else "sidecar"
+def node_id(pod: Pod, namespace: str, kind: str = "sidecar") -> str:
+    """Envoy's node id as istiod sets it: `sidecar~`, `router~` (gateways) or `waypoint~` (ambient)."""
     return f"{kind}~{pod.ip}~{pod.name}.{namespace}~{namespace}.svc.cluster.local"
 
 
@@ -44,11 +51,15 @@ def _istio_tags(reporter: str, namespace: str) -> dict[str, str]:
 
 def listener_attributes(*, reporter_pod: Pod, reporter: str, namespace: str, callee: Service, outbound: bool,
                         request_id: str, peer: str, status: int, response_flags: str, response_size: int,
-                        gateway: bool = False) -> dict[str, str]:
-    """An Envoy listener span (the sidecar's inbound or outbound span of a hop), keys in Envoy's order."""
-    cluster = f"outbound|{callee.port}||{callee.fqdn}" if outbound else f"inbound|{callee.port}||"
+                        node_kind: str = "sidecar") -> dict[str, str]:
+    """An Envoy listener span (a sidecar's inbound or outbound span, a gateway's or a waypoint's), keys in Envoy's
+    order. A waypoint routes to `inbound-vip|<port>|http|<fqdn>` (MESH-SOURCES §2.2)."""
+    if node_kind == "waypoint":
+        cluster = f"inbound-vip|{callee.port}|http|{callee.fqdn}"
+    else:
+        cluster = f"outbound|{callee.port}||{callee.fqdn}" if outbound else f"inbound|{callee.port}||"
     attributes = {
-        "node_id": node_id(reporter_pod, namespace, gateway), "zone": "", "guid:x-request-id": request_id,
+        "node_id": node_id(reporter_pod, namespace, node_kind), "zone": "", "guid:x-request-id": request_id,
         "http.url": f"http://{callee.fqdn}:{callee.port}{callee.path}", "http.method": "GET",
         "downstream_cluster": "-", "user_agent": USER_AGENT, "http.protocol": "HTTP/1.1", "peer.address": peer,
         "request_size": "0", "response_size": str(response_size), "component": "proxy",
