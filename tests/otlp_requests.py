@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import grpc
+from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
@@ -47,3 +49,14 @@ def request_with(total: int, invalid: list[str] | None = None, service: str = "t
         if position >= 0:
             INVALIDATIONS[invalid[position]][0](span)
     return request
+
+
+def retry_info(error: grpc.RpcError) -> error_details_pb2.RetryInfo | None:
+    """The RetryInfo in a failed call's grpc-status-details-bin trailer, or None when there is none."""
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            for detail in status_pb2.Status.FromString(value).details:
+                info = error_details_pb2.RetryInfo()
+                if detail.Unpack(info):
+                    return info
+    return None

@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from hopscope.collector import columns
 from hopscope.collector.schema import SPAN_COLUMNS
+from hopscope.instrumentation.meshsim.encode import any_value
 from tests.otlp_requests import request_with
 
 MESH = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mesh"
@@ -56,62 +57,44 @@ def _captured_payloads() -> list[bytes]:
     return payloads
 
 
-def _any(value: Any) -> AnyValue:
-    if isinstance(value, AnyValue):
-        return value
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, int):
-        return AnyValue(int_value=value)
-    if isinstance(value, float):
-        return AnyValue(double_value=value)
-    if isinstance(value, bytes):
-        return AnyValue(bytes_value=value)
-    if isinstance(value, list):
-        return AnyValue(array_value=ArrayValue(values=[_any(v) for v in value]))
-    if isinstance(value, dict):
-        return AnyValue(kvlist_value=KeyValueList(values=[KeyValue(key=k, value=_any(v)) for k, v in value.items()]))
-    return AnyValue(string_value=value)
-
-
 def _edge_case_request() -> bytes:
     request = request_with(6)
     resource = request.resource_spans[0].resource
-    resource.attributes.extend([KeyValue(key="k8s.pod.name", value=_any("pod-1")),
-                                KeyValue(key="host.name", value=_any(12)),
-                                KeyValue(key="k8s.node.name", value=_any(""))])
+    resource.attributes.extend([KeyValue(key="k8s.pod.name", value=any_value("pod-1")),
+                                KeyValue(key="host.name", value=any_value(12)),
+                                KeyValue(key="k8s.node.name", value=any_value(""))])
     scope = request.resource_spans[0].scope_spans[0].scope
     scope.name, scope.version = "edge", ""
-    scope.attributes.append(KeyValue(key="scope.flag", value=_any(True)))
+    scope.attributes.append(KeyValue(key="scope.flag", value=any_value(True)))
     spans = request.resource_spans[0].scope_spans[0].spans
     odd = {"text": 'quote " back \\ tab \t nl \n ctl \x01 del \x7f ünï €', "empty": "", "yes": True, "no": False,
            "min": -(2**63), "max": 2**63 - 1, "half": 0.5, "whole": 2.0, "tiny": 5e-324, "huge": 1.7e308,
            "nan": math.nan, "inf": math.inf, "ninf": -math.inf, "raw": b"\x00\xffhop", "three": b"abc",
            "nested": [1, [2.5, "x", {"deep": [True, b"\x01"]}], {}], "map": {"a": {"b": {"c": "d"}}},
            "none": AnyValue(), "empty_list": [], "empty_map": {}}
-    spans[0].attributes.extend(KeyValue(key=k, value=_any(v)) for k, v in odd.items())
-    spans[0].attributes.extend([KeyValue(key="dup", value=_any(1)), KeyValue(key="dup", value=_any("last"))])
+    spans[0].attributes.extend(KeyValue(key=k, value=any_value(v)) for k, v in odd.items())
+    spans[0].attributes.extend([KeyValue(key="dup", value=any_value(1)), KeyValue(key="dup", value=any_value("last"))])
     spans[1].kind = 9  # an enum value from the future
     spans[1].status.code = 7
     spans[1].status.message = "odd status"
     spans[1].trace_state = "vendor=x"
     spans[1].flags = 0x301
     spans[1].parent_span_id = bytes(8)  # all-zero parent: a root
-    spans[2].attributes.extend([KeyValue(key="http.status_code", value=_any("503")),
-                                KeyValue(key="http.url", value=_any("https://h:9/p/q?x=1#f")),
-                                KeyValue(key="peer.address", value=_any(7)),
-                                KeyValue(key="istio.namespace", value=_any("mesh-ns"))])
-    spans[3].attributes.extend([KeyValue(key="http.response.status_code", value=_any(True)),
-                                KeyValue(key="url.full", value=_any("no-path")),
+    spans[2].attributes.extend([KeyValue(key="http.status_code", value=any_value("503")),
+                                KeyValue(key="http.url", value=any_value("https://h:9/p/q?x=1#f")),
+                                KeyValue(key="peer.address", value=any_value(7)),
+                                KeyValue(key="istio.namespace", value=any_value("mesh-ns"))])
+    spans[3].attributes.extend([KeyValue(key="http.response.status_code", value=any_value(True)),
+                                KeyValue(key="url.full", value=any_value("no-path")),
                                 KeyValue(key="http.method", value=AnyValue()),
-                                KeyValue(key="http.request.method", value=_any(["GET"]))])
-    spans[4].attributes.extend([KeyValue(key="http.status_code", value=_any("2_00")),
-                                KeyValue(key="http.target", value=_any("/explicit"))])
+                                KeyValue(key="http.request.method", value=any_value(["GET"]))])
+    spans[4].attributes.extend([KeyValue(key="http.status_code", value=any_value("2_00")),
+                                KeyValue(key="http.target", value=any_value("/explicit"))])
     spans[4].events.add(time_unix_nano=2**64 - 1, name="late", dropped_attributes_count=2).attributes.append(
-        KeyValue(key="e", value=_any(1.25)))
+        KeyValue(key="e", value=any_value(1.25)))
     spans[4].events.add(name="")
     spans[4].links.add(trace_id=os.urandom(16), span_id=os.urandom(8), trace_state="a=b", flags=1,
-                       dropped_attributes_count=3).attributes.append(KeyValue(key="l", value=_any([1, 2])))
+                       dropped_attributes_count=3).attributes.append(KeyValue(key="l", value=any_value([1, 2])))
     spans[4].dropped_attributes_count, spans[4].dropped_events_count, spans[4].dropped_links_count = 1, 2, 3
     spans[5].name = ""
     spans[5].kind = Span.SPAN_KIND_CONSUMER

@@ -11,12 +11,12 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from hopscope.serve_process import ServeProcess
 from tests.conftest import count_spans
-from tests.otlp_requests import EXPORT_METHOD, INVALIDATIONS, request_with
+from tests.otlp_requests import EXPORT_METHOD, INVALIDATIONS, request_with, retry_info
 
 LIMIT_MIB = 1
 
@@ -37,16 +37,6 @@ def _grpc_error(server: ServeProcess, body: bytes, compression: grpc.Compression
     with pytest.raises(grpc.RpcError) as caught:
         _grpc_export(server, body, compression)
     return caught.value
-
-
-def _retry_info(error: grpc.RpcError) -> error_details_pb2.RetryInfo | None:
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                info = error_details_pb2.RetryInfo()
-                if detail.Unpack(info):
-                    return info
-    return None
 
 
 PARTIAL_CASES = {
@@ -198,7 +188,7 @@ def test_oversize_request_is_resource_exhausted_without_retry_info_or_413(server
     body = _oversize_request()
     error = _grpc_error(server, body)
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert _retry_info(error) is None  # OTLP spec: not retryable
+    assert retry_info(error) is None  # OTLP spec: not retryable
     reply = httpx.post(server.http_url, content=body, headers={"content-type": "application/x-protobuf"})
     assert reply.status_code == 413
 

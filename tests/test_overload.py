@@ -9,11 +9,11 @@ from pathlib import Path
 
 import grpc
 import httpx
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import status_pb2
 
 from hopscope.serve_process import ServeProcess
 from tests.conftest import count_spans
-from tests.otlp_requests import EXPORT_METHOD, request_with
+from tests.otlp_requests import EXPORT_METHOD, request_with, retry_info
 
 
 def _send_all(server: ServeProcess, bodies: list[bytes]) -> tuple[int, list[grpc.RpcError]]:
@@ -31,16 +31,6 @@ def _send_all(server: ServeProcess, bodies: list[bytes]) -> tuple[int, list[grpc
     return acked, errors
 
 
-def _retry_delay(error: grpc.RpcError) -> float | None:
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                info = error_details_pb2.RetryInfo()
-                if detail.Unpack(info):
-                    return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
-    return None
-
-
 def _heavy_request() -> bytes:
     """Many bytes in few spans, so the in-flight budget binds long before the span backlog does."""
     request = request_with(100)
@@ -56,7 +46,7 @@ def test_spent_in_flight_budget_is_unavailable_with_retry_info(start_serve: Call
     assert errors, "24 concurrent 0.9 MiB requests never overlapped within a 1 MiB in-flight budget?"
     for error in errors:
         assert error.code() == grpc.StatusCode.UNAVAILABLE
-        assert _retry_delay(error) is not None and "in flight" in error.details()
+        assert retry_info(error) is not None and "in flight" in error.details()
     assert server.stop() == 0
     assert count_spans(tmp_path / "spans.duckdb") == acked > 0
 

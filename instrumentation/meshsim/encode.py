@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
 from hopscope.instrumentation.meshsim import shapes
@@ -23,20 +23,27 @@ SAMPLED = 0x01
 ENVOY_ROLES = ("envoy", "gateway", "waypoint")
 
 
-def _any_value(value: Any) -> AnyValue:
+def any_value(value: Any) -> AnyValue:
+    """A Python value as an OTLP AnyValue, every type included (an AnyValue passes through unchanged)."""
+    if isinstance(value, AnyValue):
+        return value
     if isinstance(value, bool):
         return AnyValue(bool_value=value)
     if isinstance(value, int):
         return AnyValue(int_value=value)
     if isinstance(value, float):
         return AnyValue(double_value=value)
+    if isinstance(value, bytes):
+        return AnyValue(bytes_value=value)
     if isinstance(value, tuple | list):
-        return AnyValue(array_value=ArrayValue(values=[_any_value(v) for v in value]))
+        return AnyValue(array_value=ArrayValue(values=[any_value(v) for v in value]))
+    if isinstance(value, dict):
+        return AnyValue(kvlist_value=KeyValueList(values=key_values(value)))
     return AnyValue(string_value=str(value))
 
 
-def _key_values(attributes: dict[str, Any]) -> list[KeyValue]:
-    return [KeyValue(key=key, value=_any_value(value)) for key, value in attributes.items()]
+def key_values(attributes: dict[str, Any]) -> list[KeyValue]:
+    return [KeyValue(key=key, value=any_value(value)) for key, value in attributes.items()]
 
 
 class Encoder:
@@ -92,7 +99,7 @@ class Encoder:
                 scope_spans = groups.get(span.emitter)
                 if scope_spans is None:
                     resource_spans = export.resource_spans.add()
-                    resource_spans.resource.attributes.extend(_key_values(self.resource(span.emitter)))
+                    resource_spans.resource.attributes.extend(key_values(self.resource(span.emitter)))
                     scope_spans = resource_spans.scope_spans.add()
                     scope_spans.scope.name, scope_spans.scope.version = self.scope(span.emitter)
                     groups[span.emitter] = scope_spans
@@ -102,7 +109,7 @@ class Encoder:
                     out.parent_span_id = span.parent_id
                 out.name, out.kind = span.name, span.kind
                 out.start_time_unix_nano, out.end_time_unix_nano = self.times_ns(span)
-                out.attributes.extend(_key_values(span.attributes))
+                out.attributes.extend(key_values(span.attributes))
                 out.flags = self.flags(span)
                 if span.error:
                     out.status.code = Status.STATUS_CODE_ERROR
