@@ -1,0 +1,125 @@
+"""Span classification as data: which mesh role each span plays (DESIGN §2, shared/reference/MESH-SOURCES.md §6).
+
+A rule is a role and a list of conditions that must all hold; the first rule that matches wins. The built-in table
+covers Envoy/Istio sidecars (listener and upstream-attempt spans, both directions), the Istio ingress gateway,
+ambient waypoints, linkerd2-proxy, eBPF/explicit `hopscope.layer` spans, and plain OTel app spans. Users put their
+own rules in front of it from a YAML or JSON file (`load_rules`), e.g. for a proxy this table does not know.
+
+Direction comes from `upstream_cluster`'s `outbound|` / `inbound|` prefix — with the pipe, since a waypoint's
+`inbound-vip|` must not read as a sidecar's inbound — never from the span kind alone (with `spawn_upstream_span`
+the outbound listener span is SERVER).
+
+A condition is `[field, op, value]`: field is `kind`, `name`, `scope`, `resource.<key>` or `attribute.<key>`;
+op is `eq`, `prefix` or `exists`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROLES = (
+    "app_server", "app_client", "app_internal",
+    "proxy_outbound", "proxy_inbound",                      # a proxy's listener span, by direction
+    "proxy_upstream_outbound", "proxy_upstream_inbound",    # one span per upstream attempt (spawn_upstream_span)
+    "gateway", "gateway_upstream", "waypoint",
+    "layer_iptables", "layer_network", "layer_proxy", "layer_app",  # explicit hopscope.layer
+)
+
+
+@dataclass(frozen=True)
+class Rule:
+    role: str
+    conditions: tuple[tuple[str, str, Any], ...]
+    why: str = ""
+
+    def matches(self, span: Mapping[str, Any]) -> bool:
+        return all(_holds(span, field, op, value) for field, op, value in self.conditions)
+
+
+def _value(span: Mapping[str, Any], field: str) -> Any:
+    if field.startswith("attribute."):
+        return (span.get("attributes") or {}).get(field[len("attribute."):])
+    if field.startswith("resource."):
+        return (span.get("resource_attributes") or {}).get(field[len("resource."):])
+    if field == "scope":
+        return span.get("scope_name")
+    return span.get(field)
+
+
+def _holds(span: Mapping[str, Any], field: str, op: str, expected: Any) -> bool:
+    value = _value(span, field)
+    if op == "exists":
+        return value is not None
+    if op == "eq":
+        return value == expected
+    if op == "prefix":
+        return isinstance(value, str) and value.startswith(expected)
+    raise ValueError(f"unknown condition operator {op!r}")
+
+
+_ENVOY = ("resource.telemetry.sdk.name", "eq", "envoy")
+_LINKERD = ("resource.k8s.container.name", "eq", "linkerd-proxy")
+
+BUILT_IN_RULES: tuple[Rule, ...] = (
+    Rule("layer_iptables", (("attribute.hopscope.layer", "eq", "iptables"),), "explicit layer (eBPF agents)"),
+    Rule("layer_network", (("attribute.hopscope.layer", "eq", "network"),), "explicit layer"),
+    Rule("layer_proxy", (("attribute.hopscope.layer", "eq", "proxy"),), "explicit layer"),
+    Rule("layer_app", (("attribute.hopscope.layer", "eq", "app"),), "explicit layer"),
+    Rule("gateway_upstream", (_ENVOY, ("attribute.node_id", "prefix", "router~"), ("name", "prefix", "router ")),
+         "Istio gateway: an upstream attempt"),
+    Rule("gateway", (_ENVOY, ("attribute.node_id", "prefix", "router~")), "Istio gateway listener span"),
+    Rule("waypoint", (_ENVOY, ("attribute.upstream_cluster", "prefix", "inbound-vip|")), "ambient waypoint"),
+    Rule("proxy_upstream_outbound", (_ENVOY, ("name", "prefix", "router "),
+                                     ("attribute.upstream_cluster", "prefix", "outbound|")), "Envoy attempt span"),
+    Rule("proxy_upstream_inbound", (_ENVOY, ("name", "prefix", "router "),
+                                    ("attribute.upstream_cluster", "prefix", "inbound|")), "Envoy attempt span"),
+    Rule("proxy_outbound", (_ENVOY, ("attribute.upstream_cluster", "prefix", "outbound|")), "sidecar outbound"),
+    Rule("proxy_inbound", (_ENVOY, ("attribute.upstream_cluster", "prefix", "inbound|")), "sidecar inbound"),
+    Rule("proxy_upstream_outbound", (_LINKERD, ("attribute.direction", "eq", "outbound"), ("kind", "eq", "CLIENT")),
+         "linkerd2-proxy endpoint span"),
+    Rule("proxy_outbound", (_LINKERD, ("attribute.direction", "eq", "outbound")), "linkerd2-proxy outbound server"),
+    Rule("proxy_upstream_inbound", (_LINKERD, ("attribute.direction", "eq", "inbound"), ("kind", "eq", "CLIENT")),
+         "linkerd2-proxy client to the app"),
+    Rule("proxy_inbound", (_LINKERD, ("attribute.direction", "eq", "inbound")), "linkerd2-proxy inbound server"),
+    Rule("app_server", (("kind", "eq", "SERVER"),), "an app's server span"),
+    Rule("app_server", (("kind", "eq", "CONSUMER"),), "an app's consumer span"),
+    Rule("app_client", (("kind", "eq", "CLIENT"),), "an app's client span"),
+    Rule("app_client", (("kind", "eq", "PRODUCER"),), "an app's producer span"),
+    Rule("app_internal", (), "anything else"),
+)
+
+
+class Classifier:
+    def __init__(self, rules: Sequence[Rule] = BUILT_IN_RULES) -> None:
+        for rule in rules:
+            if rule.role not in ROLES:
+                raise ValueError(f"rule {rule.why or rule.conditions!r}: unknown role {rule.role!r}; one of {ROLES}")
+        self.rules = tuple(rules)
+
+    def role(self, span: Mapping[str, Any]) -> str:
+        for rule in self.rules:
+            if rule.matches(span):
+                return rule.role
+        return "app_internal"
+
+
+def load_rules(path: Path) -> Classifier:
+    """User rules from YAML/JSON (`[{role, when: [[field, op, value], ...], why}]`), tried before the built-ins."""
+    text = path.read_text()
+    document = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    rules = []
+    for index, raw in enumerate(document or []):
+        if not isinstance(raw, dict) or "role" not in raw:
+            raise ValueError(f"{path}: rule {index} needs a 'role' and a 'when' list")
+        conditions = tuple(tuple(condition) for condition in raw.get("when", []))
+        for condition in conditions:
+            if len(condition) != 3 or condition[1] not in ("eq", "prefix", "exists"):
+                raise ValueError(f"{path}: rule {index}: a condition is [field, eq|prefix|exists, value]")
+        rules.append(Rule(raw["role"], conditions, raw.get("why", "")))  # type: ignore[arg-type]
+    return Classifier((*rules, *BUILT_IN_RULES))

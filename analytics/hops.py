@@ -1,0 +1,212 @@
+"""Hop assembly and breakdown (DESIGN §3): every caller → callee call in a trace, its latency split into iptables,
+proxy (outbound, inbound), network, app and retry — from durations of spans on one host, or differences of them,
+so cross-host clock skew cannot corrupt a component.
+
+The identity `iptables + proxy_outbound + proxy_inbound + network + app + retry == total` holds exactly for every
+hop: a component that cannot be measured is None and its time is carried by the neighbour that `resolution`
+names. Negative components (e.g. an app span that ends after its proxy's because of socket buffering) stay
+negative and are listed in `anomalies`; nothing is clamped.
+
+The hop's caller-side anchor is the app CLIENT span, else the caller proxy's outbound listener span (an
+uninstrumented caller or a gateway). Attempts are the upstream spans under the outbound span when the proxy emits
+them (`spawn_upstream_span`, Linkerd), else the callee-side spans under it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hopscope.analytics.classify import Classifier
+
+Span = Mapping[str, Any]  # a `spans` row with `attributes` and `resource_attributes` parsed into dicts
+
+OUTBOUND = ("proxy_outbound", "gateway")
+UPSTREAM = ("proxy_upstream_outbound", "gateway_upstream")
+CALLEE_SIDE = ("proxy_inbound", "app_server", "waypoint")
+
+
+@dataclass
+class HopBreakdown:
+    trace_id: str
+    caller: str
+    callee: str
+    anchor_span_id: str  # the hop's outermost caller-side span
+    total_ns: int
+    iptables_ns: int | None = None
+    proxy_outbound_ns: int | None = None
+    proxy_inbound_ns: int | None = None
+    network_ns: int | None = None
+    app_ns: int | None = None
+    retry_ns: int = 0
+    attempts: int = 1
+    resolution: list[str] = field(default_factory=list)
+    anomalies: list[str] = field(default_factory=list)
+
+    def components_sum(self) -> int:
+        parts = (self.iptables_ns, self.proxy_outbound_ns, self.proxy_inbound_ns, self.network_ns, self.app_ns,
+                 self.retry_ns)
+        return sum(p for p in parts if p is not None)
+
+
+def _duration(span: Span) -> int:
+    return int(span["end_ns"]) - int(span["start_ns"])
+
+
+class TraceHops:
+    """One trace's spans, classified and linked, ready to be cut into hops."""
+
+    def __init__(self, spans: Iterable[Span], classifier: Classifier) -> None:
+        self.spans: dict[str, Span] = {}
+        for span in spans:  # duplicates from client retries: (trace_id, span_id) is the identity
+            self.spans.setdefault(span["span_id"], span)
+        self.role = {span_id: classifier.role(span) for span_id, span in self.spans.items()}
+        self.children: dict[str, list[Span]] = defaultdict(list)
+        for span in self.spans.values():
+            if span.get("parent_span_id") in self.spans:
+                self.children[span["parent_span_id"]].append(span)
+        for kids in self.children.values():
+            kids.sort(key=lambda s: (s["start_ns"], s["span_id"]))
+
+    def kids(self, span: Span, roles: tuple[str, ...]) -> list[Span]:
+        return [kid for kid in self.children.get(span["span_id"], []) if self.role[kid["span_id"]] in roles]
+
+    def hops(self) -> list[HopBreakdown]:
+        result = []
+        for span in sorted(self.spans.values(), key=lambda s: (s["start_ns"], s["span_id"])):
+            role = self.role[span["span_id"]]
+            parent_role = self.role.get(span.get("parent_span_id") or "")
+            if role == "app_client":
+                outbound = self.kids(span, OUTBOUND)
+                result.append(self._hop(span, outbound[0] if outbound else None))
+            elif role in OUTBOUND and parent_role != "app_client":
+                result.append(self._hop(None, span))
+        return result
+
+    def _hop(self, client: Span | None, outbound: Span | None) -> HopBreakdown:
+        anchor = client or outbound
+        assert anchor is not None
+        hop = HopBreakdown(trace_id=anchor["trace_id"], caller=self._caller(anchor), callee="",
+                           anchor_span_id=anchor["span_id"], total_ns=_duration(anchor))
+        if client is not None and outbound is not None:
+            hop.iptables_ns = _duration(client) - _duration(outbound)
+        elif outbound is None:
+            hop.resolution.append("no caller proxy: iptables and proxy_outbound not present")
+        else:
+            hop.resolution.append("no caller app span: iptables outside the hop")
+        carrier, callee_spans = self._attempts(hop, outbound or anchor)
+        self._callee_side(hop, carrier, callee_spans)
+        if outbound is not None and "UT" in str((outbound.get("attributes") or {}).get("response_flags", "")):
+            hop.anomalies.append("the caller's proxy timed out (response flag UT): the callee-side spans outlive "
+                                 "the hop, so network and the callee's components are not what the caller waited on")
+        hop.callee = self._callee(callee_spans, outbound or anchor)
+        for name in ("iptables_ns", "proxy_outbound_ns", "proxy_inbound_ns", "network_ns", "app_ns", "retry_ns"):
+            value = getattr(hop, name)
+            if value is not None and value < 0:
+                hop.anomalies.append(f"negative {name[:-3]} ({value} ns): clock or instrumentation artefact")
+        return hop
+
+    def _attempts(self, hop: HopBreakdown, sender: Span) -> tuple[Span, list[Span]]:
+        """The span that carries the answering attempt over the wire, and the callee-side spans under it."""
+        upstreams = self.kids(sender, UPSTREAM)
+        if upstreams:
+            answering = upstreams[-1]
+            hop.attempts = len(upstreams)
+            hop.retry_ns = int(answering["start_ns"]) - int(upstreams[0]["start_ns"])
+            hop.proxy_outbound_ns = _duration(sender) - (int(answering["end_ns"]) - int(upstreams[0]["start_ns"]))
+            return answering, self.kids(answering, CALLEE_SIDE)
+        callee_spans = self.kids(sender, CALLEE_SIDE)
+        if self.role[sender["span_id"]] in OUTBOUND:
+            hop.resolution.append("no upstream spans: proxy_outbound measured inside network")
+        if len(callee_spans) > 1:
+            hop.attempts = len(callee_spans)
+            hop.retry_ns = int(callee_spans[-1]["start_ns"]) - int(callee_spans[0]["start_ns"])
+            hop.resolution.append("retry estimated from the callee-side attempts")
+        return sender, callee_spans
+
+    def _callee_side(self, hop: HopBreakdown, carrier: Span, callee_spans: list[Span]) -> None:
+        # without upstream spans the failed attempts and back-off sit inside the carrier (the outbound span)
+        retry_inside_carrier = 0 if self.role[carrier["span_id"]] in UPSTREAM else hop.retry_ns
+        wire = _duration(carrier) - retry_inside_carrier
+        if not callee_spans:
+            hop.network_ns = wire
+            hop.resolution.append("no callee-side span: app merged into network")
+            return
+        answer = callee_spans[-1]
+        role = self.role[answer["span_id"]]
+        if role == "app_server":
+            hop.network_ns = wire - _duration(answer)
+            hop.app_ns = _duration(answer)
+            if self.role[carrier["span_id"]] == "app_client":
+                hop.resolution.append("no proxies on this hop")
+            else:
+                hop.resolution.append("no callee proxy: proxy_inbound not present")
+            return
+        server = self._app_server_under(answer)
+        hop.network_ns = wire - _duration(answer)
+        if role == "waypoint":
+            hop.resolution.append("ambient waypoint: caller interception and ztunnel are inside network; "
+                                  "the waypoint, its network leg and the destination ztunnel inside proxy_inbound")
+        if server is None:
+            hop.proxy_inbound_ns = _duration(answer)
+            hop.resolution.append("no callee app span: app merged into proxy_inbound")
+            return
+        hop.proxy_inbound_ns = _duration(answer) - _duration(server)
+        hop.app_ns = _duration(server)
+        if int(server["end_ns"]) > int(answer["end_ns"]) and role != "waypoint":
+            hop.anomalies.append("callee app span ends after its inbound proxy span")
+
+    def _app_server_under(self, inbound: Span) -> Span | None:
+        for kid in self.kids(inbound, ("app_server", "proxy_upstream_inbound")):
+            if self.role[kid["span_id"]] == "app_server":
+                return kid
+            nested = self.kids(kid, ("app_server",))
+            if nested:
+                return nested[-1]
+        return None
+
+    # ---- names (DESIGN §6) ------------------------------------------------------------------------------------
+
+    def _caller(self, anchor: Span) -> str:
+        return service_of(anchor, self.role[anchor["span_id"]])
+
+    def _callee(self, callee_spans: list[Span], sender: Span) -> str:
+        if callee_spans:
+            answer = callee_spans[-1]
+            server = self._app_server_under(answer) if self.role[answer["span_id"]] != "app_server" else answer
+            if server is not None:
+                return service_of(server, "app_server")
+            if self.role[answer["span_id"]] != "waypoint":
+                return service_of(answer, self.role[answer["span_id"]])
+        return destination_of(sender)
+
+
+def service_of(span: Span, role: str) -> str:
+    """The service as users know it: the app's service.name, else istio.canonical_service, else the workload in
+    Envoy's node_id, else the proxy's own service name."""
+    if role.startswith("app"):
+        return str(span.get("service_name") or "")
+    attributes = span.get("attributes") or {}
+    if attributes.get("istio.canonical_service"):
+        return str(attributes["istio.canonical_service"])
+    node = str(attributes.get("node_id") or "")
+    parts = node.split("~")
+    if len(parts) >= 3 and "." in parts[2]:
+        pod = parts[2].split(".")[0]
+        return "-".join(pod.split("-")[:-2]) or pod
+    resource = span.get("resource_attributes") or {}
+    name = str(resource.get("app") or span.get("service_name") or "")
+    return name.split(".")[0]
+
+
+def destination_of(span: Span) -> str:
+    """The callee named by the caller's side alone: the host in upstream_cluster, server.address or the URL."""
+    attributes = span.get("attributes") or {}
+    cluster = str(attributes.get("upstream_cluster") or "")
+    if cluster.startswith("outbound|"):
+        return cluster.split("|")[-1].split(".")[0]
+    host = attributes.get("server.address") or attributes.get("http.url") or attributes.get("url.full") or ""
+    host = str(host).split("://")[-1].split("/")[0].split(":")[0]
+    return host.split(".")[0]
