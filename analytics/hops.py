@@ -35,6 +35,8 @@ class HopBreakdown:
     callee: str
     anchor_span_id: str  # the hop's outermost caller-side span
     total_ns: int
+    start_ns: int = 0  # the anchor span's start (its own host's clock)
+    error: bool = False
     iptables_ns: int | None = None
     proxy_outbound_ns: int | None = None
     proxy_inbound_ns: int | None = None
@@ -53,6 +55,11 @@ class HopBreakdown:
 
 def _duration(span: Span) -> int:
     return int(span["end_ns"]) - int(span["start_ns"])
+
+
+def _is_error(span: Span) -> bool:
+    code = span.get("http_status_code")
+    return span.get("status_code") == "ERROR" or (isinstance(code, int) and code >= 500)
 
 
 class TraceHops:
@@ -89,7 +96,8 @@ class TraceHops:
         anchor = client or outbound
         assert anchor is not None
         hop = HopBreakdown(trace_id=anchor["trace_id"], caller=self._caller(anchor), callee="",
-                           anchor_span_id=anchor["span_id"], total_ns=_duration(anchor))
+                           anchor_span_id=anchor["span_id"], total_ns=_duration(anchor),
+                           start_ns=int(anchor["start_ns"]), error=_is_error(anchor))
         if client is not None and outbound is not None:
             hop.iptables_ns = _duration(client) - _duration(outbound)
         elif outbound is None:

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import duckdb
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from hopscope import __version__
+from hopscope.analytics.api import hops_router
+from hopscope.analytics.classify import Classifier
 from hopscope.collector.health_api import health_router
 from hopscope.collector.metrics import IngestMetrics
 
@@ -24,10 +27,12 @@ def problem(status: int, title: str, detail: str) -> JSONResponse:
                         status_code=status, media_type=PROBLEM)
 
 
-def build_api(is_ready: Callable[[], bool], metrics: IngestMetrics) -> FastAPI:
+def build_api(is_ready: Callable[[], bool], metrics: IngestMetrics,
+              cursor: Callable[[], duckdb.DuckDBPyConnection], classifier: Classifier) -> FastAPI:
     app = FastAPI(title="hopscope", version=__version__,
                   description="Where a service-mesh request's latency goes: app, sidecar proxy, iptables, network.")
     app.include_router(health_router(is_ready, metrics))
+    app.include_router(hops_router(cursor, classifier))
 
     @app.exception_handler(HTTPException)
     async def http_problem(_: Request, exc: HTTPException) -> JSONResponse:

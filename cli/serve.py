@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import uvicorn
 
+from hopscope.analytics.classify import Classifier
+from hopscope.analytics.follower import HopFollower
 from hopscope.api import build_api
 from hopscope.collector.grpc_receiver import build_grpc_server, set_serving
 from hopscope.collector.http_receiver import OtlpHttpApp
@@ -103,7 +105,10 @@ async def _serve(settings: Settings, store: SpanStore, on_ready: OnReady | None)
     replaying = pipeline.start()
     http_sock, api_sock = sockets["http"], sockets["api"]
     otlp_http = _http_server(OtlpHttpApp(pipeline, metrics, settings.max_message_bytes))
-    api = _http_server(build_api(lambda: pipeline.ready, metrics))
+    classifier = Classifier()
+    api = _http_server(build_api(lambda: pipeline.ready, metrics, store.cursor, classifier))
+    follower = HopFollower(store.cursor, classifier, settings.settle_seconds)
+    follower.start()
     await grpc_server.start()
     await set_serving(health, True)
     http_task = asyncio.create_task(otlp_http.serve(sockets=[http_sock]))
@@ -132,6 +137,7 @@ async def _serve(settings: Settings, store: SpanStore, on_ready: OnReady | None)
     log.info("receivers closed after %.1f s; draining %d spans into DuckDB", time.monotonic() - started,
              pipeline.unstored_spans)
     await asyncio.to_thread(pipeline.close)
+    await asyncio.to_thread(follower.stop)
     log.info("DuckDB drained and checkpointed after %.1f s", time.monotonic() - started)
     api.should_exit = True
     await api_task

@@ -58,6 +58,9 @@ SETTINGS: tuple[Setting, ...] = (
             "how far DuckDB may trail the acknowledgements, in seconds of its measured insert rate; beyond it Exports "
             "are refused (retryable) so an acknowledged span is queryable within about 2 s",
             lambda v: 0 < v <= 600, "seconds above 0 and at most 600"),
+    Setting("settle_seconds", float, 6.0,
+            "quiet time after a trace's last span before its hops are computed (Envoy flushes spans every 5 s); "
+            "a late span recomputes them", lambda v: 0 <= v <= 3600, "seconds from 0 to 3600"),
     Setting("workers", int, 2,
             "processes that turn spooled requests into columns (the CPU-heavy part of ingest)",
             lambda v: 1 <= v <= 64, "a count from 1 to 64"),
@@ -74,6 +77,7 @@ class Settings:
     max_message_mib: float
     max_inflight_mib: float
     max_backlog_seconds: float
+    settle_seconds: float
     workers: int
 
     @property

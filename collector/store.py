@@ -80,6 +80,10 @@ class SpanStore:
             connection.execute("ROLLBACK")
             raise
 
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor for one other thread (readers, derived relations): same database, its own transactions."""
+        return self._connection.cursor()
+
     def size_bytes(self) -> int:
         if not self.is_durable:
             return 0

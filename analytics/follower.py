@@ -1,0 +1,106 @@
+"""Keeps the `hops` table current by following newly committed spans (DESIGN §6: an ingest watermark, not a hook
+in the write path).
+
+Every pass: find the traces that received spans past the watermark (`spans.rowid`, which only grows: ingest never
+deletes), remember when each was last touched, and recompute the hops of every trace that has been quiet for the
+settle window — Envoy flushes its spans every 5 s, so a trace is complete only after a quiet spell. A late span
+makes its trace dirty again and its hops are recomputed. The watermark persisted is the lowest rowid of any trace
+still waiting, so a restart re-discovers exactly the unsettled traces.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from hopscope.analytics.classify import Classifier
+from hopscope.analytics.hops import TraceHops
+from hopscope.analytics.schema import FOLLOWER_DDL, HOP_COLUMN_NAMES, HOPS_ARROW_SCHEMA, HOPS_DDL, hop_row
+
+log = logging.getLogger("hopscope.analytics")
+
+_SPAN_FIELDS = ("trace_id", "span_id", "parent_span_id", "name", "kind", "start_ns", "end_ns", "status_code",
+                "service_name", "scope_name", "http_status_code", "attributes", "resource_attributes")
+_SELECT_TRACES = f"SELECT {', '.join(_SPAN_FIELDS)} FROM spans WHERE trace_id IN (SELECT unnest(?::VARCHAR[]))"
+MAX_TRACES_PER_PASS = 2_000
+
+
+class HopFollower:
+    def __init__(self, cursor: Callable[[], duckdb.DuckDBPyConnection], classifier: Classifier,
+                 settle_seconds: float, interval: float = 1.0) -> None:
+        self._db = cursor()
+        self._classifier = classifier
+        self._settle = settle_seconds
+        self._interval = interval
+        self._pending: dict[str, tuple[float, int]] = {}  # trace → (last touched, lowest unprocessed rowid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hop-follower", daemon=True)
+        self._db.execute(HOPS_DDL)
+        self._db.execute(FOLLOWER_DDL)
+        row = self._db.execute("SELECT span_rowid FROM hopscope_hops_watermark").fetchone()
+        self._watermark = int(row[0]) if row else -1
+        self.hops_written = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.step(time.monotonic())
+            except Exception:  # never take the server down; the next pass retries from the watermark
+                log.exception("hop follower pass failed")
+
+    def step(self, now: float) -> int:
+        """One pass; returns the number of traces whose hops were recomputed."""
+        fresh = self._db.execute("SELECT trace_id, min(rowid), max(rowid) FROM spans WHERE rowid > ? "
+                                 "GROUP BY trace_id", [self._watermark]).fetchall()
+        for trace_id, low, high in fresh:
+            _, earliest = self._pending.get(trace_id, (now, low))
+            self._pending[trace_id] = (now, min(earliest, low))
+            self._watermark = max(self._watermark, high)
+        settled = [t for t, (touched, _) in self._pending.items() if now - touched >= self._settle]
+        settled = settled[:MAX_TRACES_PER_PASS]
+        if settled:
+            self._recompute(settled)
+            for trace_id in settled:
+                del self._pending[trace_id]
+        safe = min((low for _, low in self._pending.values()), default=self._watermark + 1) - 1
+        self._db.execute("DELETE FROM hopscope_hops_watermark")
+        self._db.execute("INSERT INTO hopscope_hops_watermark VALUES (?)", [safe])
+        return len(settled)
+
+    def _recompute(self, trace_ids: list[str]) -> None:
+        rows = self._db.execute(_SELECT_TRACES, [trace_ids]).fetchall()
+        traces: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            span = dict(zip(_SPAN_FIELDS, row, strict=True))
+            span["attributes"] = json.loads(span["attributes"]) if span["attributes"] else {}
+            span["resource_attributes"] = (json.loads(span["resource_attributes"])
+                                           if span["resource_attributes"] else {})
+            traces.setdefault(span["trace_id"], []).append(span)
+        hop_rows = [hop_row(hop) for spans in traces.values() for hop in TraceHops(spans, self._classifier).hops()]
+        fresh_hops = pa.Table.from_pylist([dict(zip(HOP_COLUMN_NAMES, row, strict=True)) for row in hop_rows],
+                                          schema=HOPS_ARROW_SCHEMA)
+        self._db.execute("BEGIN TRANSACTION")
+        try:
+            self._db.execute("DELETE FROM hops WHERE trace_id IN (SELECT unnest(?::VARCHAR[]))", [trace_ids])
+            self._db.register("fresh_hops", fresh_hops)
+            self._db.execute("INSERT INTO hops SELECT * FROM fresh_hops")
+            self._db.unregister("fresh_hops")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self.hops_written += len(hop_rows)

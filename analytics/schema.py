@@ -1,0 +1,46 @@
+"""The `hops` table: one row per caller → callee call, its latency split per DESIGN §3 (docs/hop-model.md).
+
+Derived from `spans` by the follower (follower.py) inside `hopscope serve`; `hopscope rebuild` would recompute it
+after a rule change. Durations are ns integers like `spans`; a NULL component is one the spans cannot measure, its
+time carried by the component `resolution` names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from hopscope.analytics.hops import HopBreakdown
+
+HOP_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("trace_id", "VARCHAR NOT NULL", "the trace"),
+    ("anchor_span_id", "VARCHAR NOT NULL", "the hop's outermost caller-side span (app CLIENT, else outbound proxy)"),
+    ("caller", "VARCHAR", "calling service (app service.name, else istio.canonical_service, else node_id workload)"),
+    ("callee", "VARCHAR", "called service, by the same rule; else the host in upstream_cluster or the URL"),
+    ("start_ns", "BIGINT", "anchor span start, ns since the epoch (the caller's clock)"),
+    ("total_ns", "BIGINT", "duration of the anchor span"),
+    ("iptables_ns", "BIGINT", "caller-side interception: d(app CLIENT) - d(outbound proxy)"),
+    ("proxy_outbound_ns", "BIGINT", "caller sidecar processing (needs upstream spans; else inside network_ns)"),
+    ("proxy_inbound_ns", "BIGINT", "callee sidecar processing: d(inbound proxy) - d(app SERVER)"),
+    ("network_ns", "BIGINT", "wire both ways, connection set-up, server-side interception"),
+    ("app_ns", "BIGINT", "d(callee app SERVER), inclusive of its own downstream calls"),
+    ("retry_ns", "BIGINT", "time before the answering attempt started (failed attempts and back-off)"),
+    ("attempts", "INTEGER", "attempts made by the caller's proxy"),
+    ("error", "BOOLEAN", "the anchor span is an error (status ERROR or HTTP 5xx)"),
+    ("resolution", "VARCHAR[]", "what was measured, merged or missing, in words"),
+    ("anomalies", "VARCHAR[]", "negative components, timeouts, children outliving parents"),
+)
+
+HOP_COLUMN_NAMES = tuple(name for name, _, _ in HOP_COLUMNS)
+_ARROW = {"VARCHAR NOT NULL": pa.string(), "VARCHAR": pa.string(), "BIGINT": pa.int64(), "INTEGER": pa.int32(),
+          "BOOLEAN": pa.bool_(), "VARCHAR[]": pa.list_(pa.string())}
+HOPS_ARROW_SCHEMA = pa.schema([pa.field(name, _ARROW[sql]) for name, sql, _ in HOP_COLUMNS])
+HOPS_DDL = ("CREATE TABLE IF NOT EXISTS hops (" + ", ".join(f"{name} {sql}" for name, sql, _ in HOP_COLUMNS) + ")")
+FOLLOWER_DDL = "CREATE TABLE IF NOT EXISTS hopscope_hops_watermark (span_rowid BIGINT NOT NULL)"
+
+
+def hop_row(hop: HopBreakdown) -> tuple[Any, ...]:
+    return (hop.trace_id, hop.anchor_span_id, hop.caller, hop.callee, hop.start_ns, hop.total_ns, hop.iptables_ns,
+            hop.proxy_outbound_ns, hop.proxy_inbound_ns, hop.network_ns, hop.app_ns, hop.retry_ns, hop.attempts,
+            hop.error, hop.resolution, hop.anomalies)

@@ -1,0 +1,24 @@
+"""`since`/`until` as users write them (DESIGN §6): RFC 3339 instants or relative durations such as `15m`, `2h`."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)$")
+_UNIT_NS = {"ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86400 * 10**9}
+
+
+def instant_ns(text: str, now_ns: int) -> int:
+    """An absolute time in ns since the epoch; a relative duration counts back from `now_ns`."""
+    match = _RELATIVE.match(text.strip())
+    if match:
+        return now_ns - int(float(match.group(1)) * _UNIT_NS[match.group(2)])
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is neither RFC 3339 (2026-11-26T08:00:00Z) nor a duration like 15m or 2h") \
+            from None
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone; add Z or an offset")
+    return int(moment.timestamp() * 1e9)

@@ -1,0 +1,96 @@
+"""The hop breakdown through `hopscope serve`: simulated traffic (with ground truth) goes in over OTLP, the
+follower keeps `hops` current, and the REST answers agree with percentiles computed straight from the truth."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hopscope.instrumentation.meshsim import Options, load_topology
+from hopscope.instrumentation.meshsim.runner import SimulationRun
+from hopscope.serve_process import ServeProcess
+
+COMPONENTS = ("iptables", "proxy_outbound", "proxy_inbound", "network", "app", "retry")
+
+
+def _nearest_rank(values: list[int], q: float) -> int:
+    ordered = sorted(values)
+    return ordered[math.ceil(q * len(ordered)) - 1]
+
+
+@pytest.fixture
+def fed_server(start_serve: Callable[..., ServeProcess]) -> tuple[ServeProcess, list]:
+    server = start_serve("--settle-seconds", "0.5")
+    run = SimulationRun(load_topology("bookinfo"), server.grpc_target, mode="raw", seed=17,
+                        options=Options(spawn_upstream_span=True))
+    now_us = time.time_ns() // 1000
+    hops = []
+    for i in range(150):
+        request = run.simulator.request(now_us - 60_000_000 + i * 100_000)  # the last minute
+        hops.extend(request.hops)
+        run.add(request)
+        run.flush_if_full()
+    run.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        summary = httpx.get(f"{server.api_url}/api/v1/hops/summary", params={"since": "10m"}).json()
+        if sum(group["hops"] for group in summary["groups"]) == len(hops):
+            break
+        time.sleep(0.3)
+    return server, hops
+
+
+def test_summary_percentiles_equal_the_truths(fed_server: tuple[ServeProcess, list]) -> None:
+    server, truth = fed_server
+    summary = httpx.get(f"{server.api_url}/api/v1/hops/summary", params={"since": "10m"}).json()
+    by_edge = defaultdict(list)
+    for hop in truth:
+        by_edge[(hop.caller, hop.callee)].append(hop)
+    groups = {(g["caller"], g["callee"]): g for g in summary["groups"]}
+    assert set(groups) == set(by_edge)
+    for edge, hops in by_edge.items():
+        group = groups[edge]
+        assert group["hops"] == len(hops)
+        assert group["error_rate"] == pytest.approx(sum(h.status >= 500 for h in hops) / len(hops), abs=1e-6)
+        for component in ("total", *COMPONENTS):
+            values = [getattr(h, f"{component}_us") for h in hops]
+            if any(v is None for v in values):
+                assert all(v is None for v in values) and group[f"{component}_ms"]["p50"] is None
+                continue
+            for q in (50, 95, 99):
+                assert group[f"{component}_ms"][f"p{q}"] == pytest.approx(_nearest_rank(values, q / 100) / 1000,
+                                                                         abs=1e-9), (edge, component, q)
+
+
+def test_one_traces_hops_equal_the_truth(fed_server: tuple[ServeProcess, list]) -> None:
+    server, truth = fed_server
+    trace_id = truth[-1].trace_id
+    body = httpx.get(f"{server.api_url}/api/v1/traces/{trace_id}/hops").json()
+    expected = {h.outermost_span_id: h for h in truth if h.trace_id == trace_id}
+    assert len(body["hops"]) == len(expected)
+    for hop in body["hops"]:
+        real = expected[hop["anchor_span_id"]]
+        assert hop["total_ms"] == pytest.approx(real.total_us / 1000, abs=1e-9)
+        for component in COMPONENTS:
+            value = getattr(real, f"{component}_us")
+            assert hop[f"{component}_ms"] == (None if value is None else pytest.approx(value / 1000, abs=1e-9))
+
+
+@pytest.mark.parametrize(("path", "status"), [
+    ("/api/v1/traces/not-hex/hops", 422),
+    ("/api/v1/traces/0123456789abcdef0123456789abcdef/hops", 404),
+    ("/api/v1/hops/summary?since=yesterday", 422),
+    ("/api/v1/hops/summary?group_by=planet", 422),
+])
+def test_bad_requests_get_problem_details(path: str, status: int, start_serve: Callable[..., ServeProcess],
+                                          tmp_path: Path) -> None:
+    server = start_serve()
+    reply = httpx.get(f"{server.api_url}{path}")
+    assert reply.status_code == status
+    assert reply.headers["content-type"] == "application/problem+json" and reply.json()["detail"]
