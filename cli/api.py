@@ -14,8 +14,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from hopscope import __version__
-from hopscope.analytics.api import hops_router
+from hopscope.analytics.api import hops_router, sql_router
 from hopscope.analytics.classify import Classifier
+from hopscope.analytics.sql import SqlRunner
 from hopscope.collector.health_api import health_router
 from hopscope.collector.metrics import IngestMetrics
 
@@ -28,11 +29,13 @@ def problem(status: int, title: str, detail: str) -> JSONResponse:
 
 
 def build_api(is_ready: Callable[[], bool], metrics: IngestMetrics,
-              cursor: Callable[[], duckdb.DuckDBPyConnection], classifier: Classifier) -> FastAPI:
+              cursor: Callable[[], duckdb.DuckDBPyConnection], classifier: Classifier, sql_token: str,
+              exposed: bool) -> FastAPI:
     app = FastAPI(title="hopscope", version=__version__,
                   description="Where a service-mesh request's latency goes: app, sidecar proxy, iptables, network.")
     app.include_router(health_router(is_ready, metrics))
     app.include_router(hops_router(cursor, classifier))
+    app.include_router(sql_router(SqlRunner(cursor), sql_token, exposed))
 
     @app.exception_handler(HTTPException)
     async def http_problem(_: Request, exc: HTTPException) -> JSONResponse:

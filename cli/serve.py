@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import faulthandler
+import ipaddress
 import logging
 import signal
 import socket
@@ -103,10 +104,13 @@ async def _serve(settings: Settings, store: SpanStore, on_ready: OnReady | None)
         return 1
 
     replaying = pipeline.start()
+    store.lock_down()  # from here on, no file access, no Python objects by name, no SET: user SQL runs below
     http_sock, api_sock = sockets["http"], sockets["api"]
     otlp_http = _http_server(OtlpHttpApp(pipeline, metrics, settings.max_message_bytes))
     classifier = Classifier()
-    api = _http_server(build_api(lambda: pipeline.ready, metrics, store.cursor, classifier))
+    exposed = not _is_loopback(settings.host)
+    api = _http_server(build_api(lambda: pipeline.ready, metrics, store.cursor, classifier, settings.sql_token,
+                                 exposed))
     follower = HopFollower(store.cursor, classifier, settings.settle_seconds)
     follower.start()
     await grpc_server.start()
@@ -144,6 +148,13 @@ async def _serve(settings: Settings, store: SpanStore, on_ready: OnReady | None)
     faulthandler.cancel_dump_traceback_later()
     print(f"hopscope: stopped cleanly in {time.monotonic() - started:.1f} s", flush=True)
     return 0
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
 
 
 def _print_endpoints(settings: Settings, grpc_port: int, http_sock: socket.socket, api_sock: socket.socket,

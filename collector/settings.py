@@ -61,6 +61,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("settle_seconds", float, 6.0,
             "quiet time after a trace's last span before its hops are computed (Envoy flushes spans every 5 s); "
             "a late span recomputes them", lambda v: 0 <= v <= 3600, "seconds from 0 to 3600"),
+    Setting("sql_token", str, "",
+            "bearer token that POST /api/v1/sql requires; when --host is not a loopback address the SQL endpoint "
+            "stays closed until one is set"),
     Setting("workers", int, 2,
             "processes that turn spooled requests into columns (the CPU-heavy part of ingest)",
             lambda v: 1 <= v <= 64, "a count from 1 to 64"),
@@ -78,6 +81,7 @@ class Settings:
     max_inflight_mib: float
     max_backlog_seconds: float
     settle_seconds: float
+    sql_token: str
     workers: int
 
     @property

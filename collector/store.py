@@ -60,6 +60,14 @@ class SpanStore:
         self._connection.execute("INSERT OR REPLACE INTO hopscope_meta VALUES ('schema_version', ?)",
                                  [str(SCHEMA_VERSION)])
 
+    def lock_down(self) -> None:
+        """After start-up, nothing this process runs needs files beyond the open database, Python objects by name
+        or configuration changes: forbid all three, so that user SQL (POST /api/v1/sql) cannot read
+        /etc/passwd, ATTACH, COPY, INSTALL, reach Python variables, or SET its way back out."""
+        for statement in ("SET python_enable_replacements = false", "SET enable_external_access = false",
+                          "SET lock_configuration = true"):
+            self._connection.execute(statement)
+
     def spool_watermark(self) -> tuple[int, int] | None:
         """(segment, byte offset) up to which the spool is in DuckDB, or None for a fresh database."""
         row = self._connection.execute("SELECT segment, byte_offset FROM hopscope_spool_watermark").fetchone()
