@@ -9,6 +9,7 @@ import sys
 
 from hopscope import __version__
 from hopscope.collector.settings import SettingsError, add_setting_arguments, resolve_settings
+from hopscope.query import add_api_arguments, run_breakdown, run_sql
 from hopscope.simulate import add_simulation_arguments, demo_feeder, run_simulate, simulation_from
 
 DESCRIPTION = """\
@@ -57,6 +58,25 @@ def build_parser() -> argparse.ArgumentParser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     simulate.add_argument("--target", default="127.0.0.1:4317", help="OTLP/gRPC host:port (default 127.0.0.1:4317)")
     add_simulation_arguments(simulate, default_rate=20.0)
+
+    sql = commands.add_parser("sql", help="run one read-only SQL statement against a running service",
+                              description="Run one SELECT against the live database of a running hopscope "
+                                          "(tables spans, hops; see docs/sql.md) and print a table.",
+                              epilog="example:\n  hopscope sql \"SELECT callee, quantile_disc(network_ns, 0.99) / 1e6 "
+                                     "AS p99_network_ms FROM hops GROUP BY ALL ORDER BY 2 DESC\"",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    sql.add_argument("statement", help="the SQL statement")
+    sql.add_argument("--max-rows", type=int, default=100, help="row cap (default 100, at most 10,000)")
+    add_api_arguments(sql)
+
+    breakdown = commands.add_parser("breakdown", help="where each edge's latency goes: p50/p99 per component",
+                                    description="Per caller → callee edge: hop count, error rate, p50/p99 of the "
+                                                "total, p50 of iptables, proxy, network, app and retry time, and "
+                                                "the share of time spent in the mesh (proxies + iptables).")
+    breakdown.add_argument("--since", default="15m", help="RFC 3339 or a duration back from now (default 15m)")
+    breakdown.add_argument("--caller", default=None, help="only this calling service")
+    breakdown.add_argument("--callee", default=None, help="only this called service")
+    add_api_arguments(breakdown)
     return parser
 
 
@@ -68,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if arguments.command == "simulate":
         return run_simulate(arguments)
+    if arguments.command == "sql":
+        return run_sql(arguments)
+    if arguments.command == "breakdown":
+        return run_breakdown(arguments)
     try:
         settings = resolve_settings(vars(arguments), os.environ)
     except SettingsError as exc:

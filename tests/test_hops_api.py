@@ -94,3 +94,22 @@ def test_bad_requests_get_problem_details(path: str, status: int, start_serve: C
     reply = httpx.get(f"{server.api_url}{path}")
     assert reply.status_code == status
     assert reply.headers["content-type"] == "application/problem+json" and reply.json()["detail"]
+
+
+def test_breakdown_and_sql_commands_print_readable_tables(fed_server: tuple[ServeProcess, list]) -> None:
+    import subprocess
+    import sys
+
+    server, truth = fed_server
+    breakdown = subprocess.run([sys.executable, "-m", "hopscope", "breakdown", "--api", server.api_url,
+                                "--since", "10m"], capture_output=True, text=True, timeout=60)
+    assert breakdown.returncode == 0, breakdown.stderr
+    lines = breakdown.stdout.splitlines()
+    assert lines[0].split()[:3] == ["caller", "callee", "hops"]
+    assert any(line.split()[:2] == ["reviews", "ratings"] for line in lines[2:])
+    sql = subprocess.run([sys.executable, "-m", "hopscope", "sql", "--api", server.api_url,
+                          "SELECT count(*) AS hops FROM hops"], capture_output=True, text=True, timeout=60)
+    assert sql.returncode == 0 and sql.stdout.split() == ["hops", "----", str(len(truth))]
+    refused = subprocess.run([sys.executable, "-m", "hopscope", "sql", "--api", server.api_url, "DROP TABLE hops"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "only SELECT" in refused.stderr
