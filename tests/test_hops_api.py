@@ -113,3 +113,17 @@ def test_breakdown_and_sql_commands_print_readable_tables(fed_server: tuple[Serv
     refused = subprocess.run([sys.executable, "-m", "hopscope", "sql", "--api", server.api_url, "DROP TABLE hops"],
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0 and "only SELECT" in refused.stderr
+
+
+def test_the_sql_examples_in_the_docs_run(fed_server: tuple[ServeProcess, list]) -> None:
+    server, _ = fed_server
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "sql.md").read_text()
+    block = doc[doc.index("```sql") + 6: doc.index("```", doc.index("```sql") + 6)]
+    statements = [s.strip() for s in block.split(";") if s.strip()]
+    assert len(statements) >= 4
+    answered = 0
+    for statement in statements:
+        reply = httpx.post(f"{server.api_url}/api/v1/sql", json={"sql": statement}, timeout=60)
+        assert reply.status_code == 200, (statement, reply.text)
+        answered += reply.json()["row_count"] > 0
+    assert answered >= len(statements) - 1  # this clean traffic has no anomalies to list
