@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,33 +12,26 @@ import duckdb
 from fastapi import APIRouter, Header, HTTPException, Query
 from pydantic import BaseModel, Field
 
+from hopscope.analytics.aggregates import COMPONENTS, GROUP_KEYS, hop_groups, ms
 from hopscope.analytics.classify import Classifier
 from hopscope.analytics.hops import HopBreakdown, TraceHops
+from hopscope.analytics.params import SINCE_HELP, checked_trace_id, window
 from hopscope.analytics.sql import SqlBusy, SqlRefused, SqlRunner
-from hopscope.analytics.timerange import instant_ns
+from hopscope.analytics.timerange import duration_ns
 
-COMPONENTS = ("iptables", "proxy_outbound", "proxy_inbound", "network", "app", "retry")
-GROUPS = {"edge": ("caller", "callee"), "caller": ("caller",), "callee": ("callee",)}
+PERCENTILE_NOTE = "exact, nearest-rank, over the hops of sampled traces that reached hopscope"
 _SPAN_FIELDS = ("trace_id", "span_id", "parent_span_id", "name", "kind", "start_ns", "end_ns", "status_code",
                 "service_name", "scope_name", "http_status_code", "attributes", "resource_attributes")
-
-
-def _ms(ns: int | None) -> float | None:
-    return None if ns is None else round(ns / 1e6, 3)  # µs precision
 
 
 def hop_json(hop: HopBreakdown) -> dict[str, Any]:
     body: dict[str, Any] = {"trace_id": hop.trace_id, "caller": hop.caller, "callee": hop.callee,
                             "anchor_span_id": hop.anchor_span_id, "start_unix_us": hop.start_ns // 1000,
-                            "total_ms": _ms(hop.total_ns), "attempts": hop.attempts, "error": hop.error}
+                            "total_ms": ms(hop.total_ns), "attempts": hop.attempts, "error": hop.error}
     for name in COMPONENTS:
-        body[f"{name}_ms"] = _ms(getattr(hop, f"{name}_ns"))
+        body[f"{name}_ms"] = ms(getattr(hop, f"{name}_ns"))
     body["resolution"], body["anomalies"] = hop.resolution, hop.anomalies
     return body
-
-
-def _percentile_sql(column: str) -> str:
-    return ", ".join(f"quantile_disc({column}, {q}) AS {column}_p{int(q * 100)}" for q in (0.5, 0.95, 0.99))
 
 
 def hops_router(cursor: Callable[[], duckdb.DuckDBPyConnection], classifier: Classifier) -> APIRouter:
@@ -47,8 +39,7 @@ def hops_router(cursor: Callable[[], duckdb.DuckDBPyConnection], classifier: Cla
 
     @router.get("/traces/{trace_id}/hops", summary="Every hop of one trace, its latency split into components")
     def trace_hops(trace_id: str) -> dict[str, Any]:
-        if len(trace_id) != 32 or any(c not in "0123456789abcdef" for c in trace_id):
-            raise HTTPException(422, "trace_id must be 32 lowercase hex digits")
+        checked_trace_id(trace_id)
         rows = cursor().execute(f"SELECT {', '.join(_SPAN_FIELDS)} FROM spans WHERE trace_id = ?",
                                 [trace_id]).fetchall()
         if not rows:
@@ -63,40 +54,44 @@ def hops_router(cursor: Callable[[], duckdb.DuckDBPyConnection], classifier: Cla
         hops = TraceHops(spans, classifier).hops()
         return {"trace_id": trace_id, "span_count": len(spans), "hops": [hop_json(h) for h in hops]}
 
-    @router.get("/hops/summary", summary="Per edge (or caller, callee): count, error rate, exact p50/p95/p99 of "
-                                         "the total and of every component, and each component's share")
-    def hops_summary(since: str = Query("1h", description="RFC 3339 or a duration back from now (15m, 2h)"),
-                     until: str | None = Query(None, description="RFC 3339 or a duration back from now"),
+    @router.get("/hops/summary", summary="Per edge, caller, callee or node pair: count, error rate, exact "
+                                         "p50/p95/p99 of the total and of every component, each component's share")
+    def hops_summary(since: str = Query("1h", description=SINCE_HELP), until: str | None = Query(None),
                      caller: str | None = None, callee: str | None = None,
-                     group_by: str = Query("edge", pattern="^(edge|caller|callee)$"),
+                     group_by: str = Query("edge", pattern="^(edge|caller|callee|node_pair)$"),
                      limit: int = Query(200, ge=1, le=5000)) -> dict[str, Any]:
-        now = time.time_ns()
-        try:
-            low, high = instant_ns(since, now), instant_ns(until, now) if until else now
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from None
-        keys = GROUPS[group_by]
-        columns = ("total", *COMPONENTS)
-        aggregates = ", ".join([_percentile_sql(f"{c}_ns") for c in columns] +
-                               [f"sum({c}_ns) AS {c}_sum" for c in columns])
-        sql = (f"SELECT {', '.join(keys)}, count(*) AS hops, avg(error::INTEGER) AS error_rate, {aggregates} "
-               "FROM hops WHERE start_ns >= ? AND start_ns < ? AND (? IS NULL OR caller = ?) "
-               f"AND (? IS NULL OR callee = ?) GROUP BY ALL ORDER BY hops DESC LIMIT ?")
-        cursor_ = cursor().execute(sql, [low, high, caller, caller, callee, callee, limit])
-        names = [d[0] for d in cursor_.description]
-        groups = []
-        for row in cursor_.fetchall():
-            record = dict(zip(names, row, strict=True))
-            group: dict[str, Any] = {key: record[key] for key in keys}
-            group.update(hops=record["hops"], error_rate=round(record["error_rate"] or 0.0, 6))
-            for column in columns:
-                group[f"{column}_ms"] = {f"p{q}": _ms(record[f"{column}_ns_p{q}"]) for q in (50, 95, 99)}
-            total = record["total_sum"] or 0
-            group["share"] = {c: (round((record[f"{c}_sum"] or 0) / total, 6) if total else None) for c in COMPONENTS}
-            groups.append(group)
+        low, high = window(since, until)
+        groups = hop_groups(cursor(), low, high, GROUP_KEYS[group_by], caller, callee, limit)
         return {"since_unix_us": low // 1000, "until_unix_us": high // 1000, "group_by": group_by,
-                "percentiles": "exact, nearest-rank, over the hops of sampled traces that reached hopscope",
-                "groups": groups}
+                "percentiles": PERCENTILE_NOTE, "groups": groups}
+
+    @router.get("/hops/timeseries", summary="The components' percentiles over time, per step")
+    def hops_timeseries(since: str = Query("1h", description=SINCE_HELP), until: str | None = Query(None),
+                        caller: str | None = None, callee: str | None = None,
+                        step: str = Query("1m", description="bucket width: 10s, 1m, 5m, 1h ..."),
+                        limit: int = Query(1000, ge=1, le=10_000)) -> dict[str, Any]:
+        low, high = window(since, until)
+        try:
+            step_ns = duration_ns(step)
+        except ValueError as exc:
+            raise HTTPException(422, f"step: {exc}") from None
+        if step_ns <= 0 or (high - low) // step_ns > 10_000:
+            raise HTTPException(422, "step must be positive and give at most 10,000 buckets")
+        points = hop_groups(cursor(), low, high, (), caller, callee, limit, bucket_ns=step_ns)
+        return {"since_unix_us": low // 1000, "until_unix_us": high // 1000, "step_ms": step_ns / 1e6,
+                "caller": caller, "callee": callee, "percentiles": PERCENTILE_NOTE, "points": points}
+
+    @router.get("/edges", summary="The service graph: services and the calls between them, each with its breakdown")
+    def edges(since: str = Query("1h", description=SINCE_HELP), until: str | None = Query(None),
+              limit: int = Query(500, ge=1, le=5000)) -> dict[str, Any]:
+        low, high = window(since, until)
+        groups = hop_groups(cursor(), low, high, GROUP_KEYS["edge"], limit=limit)
+        seconds = max((high - low) / 1e9, 1e-9)
+        for group in groups:
+            group["rate_per_s"] = round(group["hops"] / seconds, 6)
+        services = sorted({g["caller"] for g in groups} | {g["callee"] for g in groups})
+        return {"since_unix_us": low // 1000, "until_unix_us": high // 1000, "services": services,
+                "edges": groups, "percentiles": PERCENTILE_NOTE}
 
     return router
 

@@ -27,7 +27,7 @@ ROLES = (
     "app_server", "app_client", "app_internal",
     "proxy_outbound", "proxy_inbound",                      # a proxy's listener span, by direction
     "proxy_upstream_outbound", "proxy_upstream_inbound",    # one span per upstream attempt (spawn_upstream_span)
-    "gateway", "gateway_upstream", "waypoint",
+    "gateway", "waypoint",
     "layer_iptables", "layer_network", "layer_proxy", "layer_app",  # explicit hopscope.layer
 )
 
@@ -71,8 +71,7 @@ BUILT_IN_RULES: tuple[Rule, ...] = (
     Rule("layer_network", (("attribute.hopscope.layer", "eq", "network"),), "explicit layer"),
     Rule("layer_proxy", (("attribute.hopscope.layer", "eq", "proxy"),), "explicit layer"),
     Rule("layer_app", (("attribute.hopscope.layer", "eq", "app"),), "explicit layer"),
-    Rule("gateway_upstream", (_ENVOY, ("attribute.node_id", "prefix", "router~"), ("name", "prefix", "router ")),
-         "Istio gateway: an upstream attempt"),
+    # Envoy's upstream-attempt spans carry no node_id, so a gateway's attempts are proxy_upstream_outbound spans
     Rule("gateway", (_ENVOY, ("attribute.node_id", "prefix", "router~")), "Istio gateway listener span"),
     Rule("waypoint", (_ENVOY, ("attribute.upstream_cluster", "prefix", "inbound-vip|")), "ambient waypoint"),
     Rule("proxy_upstream_outbound", (_ENVOY, ("name", "prefix", "router "),

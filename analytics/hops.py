@@ -24,7 +24,7 @@ from hopscope.analytics.classify import Classifier
 Span = Mapping[str, Any]  # a `spans` row with `attributes` and `resource_attributes` parsed into dicts
 
 OUTBOUND = ("proxy_outbound", "gateway")
-UPSTREAM = ("proxy_upstream_outbound", "gateway_upstream")
+UPSTREAM = ("proxy_upstream_outbound",)
 CALLEE_SIDE = ("proxy_inbound", "app_server", "waypoint")
 
 
@@ -37,6 +37,8 @@ class HopBreakdown:
     total_ns: int
     start_ns: int = 0  # the anchor span's start (its own host's clock)
     error: bool = False
+    caller_node: str | None = None  # k8s.node.name / host.name of each side, when the spans carry them
+    callee_node: str | None = None
     iptables_ns: int | None = None
     proxy_outbound_ns: int | None = None
     proxy_inbound_ns: int | None = None
@@ -110,6 +112,10 @@ class TraceHops:
             hop.anomalies.append("the caller's proxy timed out (response flag UT): the callee-side spans outlive "
                                  "the hop, so network and the callee's components are not what the caller waited on")
         hop.callee = self._callee(callee_spans, outbound or anchor)
+        hop.caller_node = node_of(client) if client is not None else node_of(anchor)
+        if callee_spans:
+            server = self._app_server_under(callee_spans[-1])
+            hop.callee_node = node_of(server) if server is not None else node_of(callee_spans[-1])
         for name in ("iptables_ns", "proxy_outbound_ns", "proxy_inbound_ns", "network_ns", "app_ns", "retry_ns"):
             value = getattr(hop, name)
             if value is not None and value < 0:
@@ -207,6 +213,12 @@ def service_of(span: Span, role: str) -> str:
     resource = span.get("resource_attributes") or {}
     name = str(resource.get("app") or span.get("service_name") or "")
     return name.split(".")[0]
+
+
+def node_of(span: Span) -> str | None:
+    resource = span.get("resource_attributes") or {}
+    node = resource.get("k8s.node.name") or resource.get("host.name")
+    return str(node) if node else None
 
 
 def destination_of(span: Span) -> str:

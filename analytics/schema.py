@@ -18,6 +18,8 @@ HOP_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("anchor_span_id", "VARCHAR NOT NULL", "the hop's outermost caller-side span (app CLIENT, else outbound proxy)"),
     ("caller", "VARCHAR", "calling service (app service.name, else istio.canonical_service, else node_id workload)"),
     ("callee", "VARCHAR", "called service, by the same rule; else the host in upstream_cluster or the URL"),
+    ("caller_node", "VARCHAR", "the caller's node (resource k8s.node.name or host.name), when known"),
+    ("callee_node", "VARCHAR", "the callee's node, when known"),
     ("start_ns", "BIGINT", "anchor span start, ns since the epoch (the caller's clock)"),
     ("total_ns", "BIGINT", "duration of the anchor span"),
     ("iptables_ns", "BIGINT", "caller-side interception: d(app CLIENT) - d(outbound proxy)"),
@@ -41,6 +43,5 @@ FOLLOWER_DDL = "CREATE TABLE IF NOT EXISTS hopscope_hops_watermark (span_rowid B
 
 
 def hop_row(hop: HopBreakdown) -> tuple[Any, ...]:
-    return (hop.trace_id, hop.anchor_span_id, hop.caller, hop.callee, hop.start_ns, hop.total_ns, hop.iptables_ns,
-            hop.proxy_outbound_ns, hop.proxy_inbound_ns, hop.network_ns, hop.app_ns, hop.retry_ns, hop.attempts,
-            hop.error, hop.resolution, hop.anomalies)
+    """A HopBreakdown as a `hops` row, in HOP_COLUMNS order (field names match column names, ns suffixes aside)."""
+    return tuple(getattr(hop, name) for name in HOP_COLUMN_NAMES)

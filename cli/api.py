@@ -17,6 +17,7 @@ from hopscope import __version__
 from hopscope.analytics.api import hops_router, sql_router
 from hopscope.analytics.classify import Classifier
 from hopscope.analytics.sql import SqlRunner
+from hopscope.analytics.traces_api import traces_router
 from hopscope.collector.health_api import health_router
 from hopscope.collector.metrics import IngestMetrics
 
@@ -35,6 +36,7 @@ def build_api(is_ready: Callable[[], bool], metrics: IngestMetrics,
                   description="Where a service-mesh request's latency goes: app, sidecar proxy, iptables, network.")
     app.include_router(health_router(is_ready, metrics))
     app.include_router(hops_router(cursor, classifier))
+    app.include_router(traces_router(cursor, classifier))
     app.include_router(sql_router(SqlRunner(cursor), sql_token, exposed))
 
     @app.exception_handler(HTTPException)

@@ -127,3 +127,43 @@ def test_the_sql_examples_in_the_docs_run(fed_server: tuple[ServeProcess, list])
         assert reply.status_code == 200, (statement, reply.text)
         answered += reply.json()["row_count"] > 0
     assert answered >= len(statements) - 1  # this clean traffic has no anomalies to list
+
+
+def test_edges_timeseries_and_node_pairs_account_for_every_hop(fed_server: tuple[ServeProcess, list]) -> None:
+    server, truth = fed_server
+    api = f"{server.api_url}/api/v1"
+    by_edge: dict[tuple[str, str], int] = defaultdict(int)
+    for hop in truth:
+        by_edge[(hop.caller, hop.callee)] += 1
+    graph = httpx.get(f"{api}/edges", params={"since": "10m"}).json()
+    assert {(e["caller"], e["callee"]): e["hops"] for e in graph["edges"]} == dict(by_edge)
+    assert set(graph["services"]) == {s for edge in by_edge for s in edge}
+    assert all(e["rate_per_s"] > 0 for e in graph["edges"])
+    series = httpx.get(f"{api}/hops/timeseries", params={"since": "10m", "caller": "reviews", "callee": "ratings",
+                                                         "step": "10s"}).json()
+    assert sum(p["hops"] for p in series["points"]) == by_edge[("reviews", "ratings")]
+    assert [p["start_unix_us"] for p in series["points"]] == sorted(p["start_unix_us"] for p in series["points"])
+    pairs = httpx.get(f"{api}/hops/summary", params={"since": "10m", "group_by": "node_pair"}).json()["groups"]
+    expected_pairs: dict[tuple[str | None, str], int] = defaultdict(int)
+    for hop in truth:  # the gateway's Envoy spans carry no node
+        expected_pairs[(None if hop.caller == "istio-ingressgateway" else hop.caller_node, hop.callee_node)] += 1
+    assert {(g["caller_node"], g["callee_node"]): g["hops"] for g in pairs} == dict(expected_pairs)
+
+
+def test_services_trace_search_and_one_trace(fed_server: tuple[ServeProcess, list]) -> None:
+    server, truth = fed_server
+    api = f"{server.api_url}/api/v1"
+    names = {s["name"] for s in httpx.get(f"{api}/services", params={"since": "10m"}).json()["services"]}
+    assert {"productpage", "reviews", "ratings", "details", "reviews.default"} <= names
+    slowest = httpx.get(f"{api}/traces", params={"since": "10m", "caller": "reviews", "callee": "ratings",
+                                                 "sort": "duration", "limit": 5}).json()["traces"]
+    assert len(slowest) == 5
+    assert [t["duration_ms"] for t in slowest] == sorted((t["duration_ms"] for t in slowest), reverse=True)
+    with_edge = {h.trace_id for h in truth if (h.caller, h.callee) == ("reviews", "ratings")}
+    assert {t["trace_id"] for t in slowest} <= with_edge
+    assert all(t["root_service"] == "istio-ingressgateway.istio-system" for t in slowest)
+    one = httpx.get(f"{api}/traces/{slowest[0]['trace_id']}").json()
+    assert one["span_count"] == slowest[0]["span_count"]
+    roles = {span["role"] for span in one["spans"]}
+    assert {"gateway", "proxy_outbound", "proxy_inbound", "proxy_upstream_outbound",
+            "app_server", "app_client"} <= roles

@@ -1,0 +1,51 @@
+"""Aggregates over `hops` (exact nearest-rank percentiles via DuckDB's quantile_disc), shared by the summary, the
+service graph and the time series endpoints. All SQL is parametrised; group keys come from a fixed table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+
+COMPONENTS = ("iptables", "proxy_outbound", "proxy_inbound", "network", "app", "retry")
+MEASURES = ("total", *COMPONENTS)
+GROUP_KEYS = {"edge": ("caller", "callee"), "caller": ("caller",), "callee": ("callee",),
+              "node_pair": ("caller_node", "callee_node")}
+QUANTILES = (50, 95, 99)
+
+
+def ms(ns: float | None) -> float | None:
+    """ns → ms as a float with µs precision (DESIGN §6 units)."""
+    return None if ns is None else round(ns / 1e6, 3)
+
+
+def hop_groups(db: duckdb.DuckDBPyConnection, low_ns: int, high_ns: int, keys: tuple[str, ...],
+               caller: str | None = None, callee: str | None = None, limit: int = 200,
+               bucket_ns: int | None = None) -> list[dict[str, Any]]:
+    """Per group (and per time bucket when `bucket_ns` is set): count, error rate, p50/p95/p99 of the total and of
+    every component, and each component's share of the summed total."""
+    percentiles = ", ".join(f"quantile_disc({m}_ns, {q / 100}) AS {m}_p{q}" for m in MEASURES for q in QUANTILES)
+    sums = ", ".join(f"sum({m}_ns) AS {m}_sum" for m in MEASURES)
+    bucket = "(start_ns // ?) * ? AS bucket_ns, " if bucket_ns else ""
+    select_keys = "".join(f"{key}, " for key in keys)
+    sql = (f"SELECT {bucket}{select_keys}count(*) AS hops, avg(error::INTEGER) AS error_rate, {percentiles}, {sums} "
+           "FROM hops WHERE start_ns >= ? AND start_ns < ? AND (? IS NULL OR caller = ?) AND (? IS NULL OR callee = ?) "
+           f"GROUP BY ALL ORDER BY {'bucket_ns, ' if bucket_ns else ''}hops DESC LIMIT ?")
+    params: list[Any] = [bucket_ns, bucket_ns] if bucket_ns else []
+    params += [low_ns, high_ns, caller, caller, callee, callee, limit]
+    cursor = db.execute(sql, params)
+    names = [d[0] for d in cursor.description]
+    groups = []
+    for row in cursor.fetchall():
+        record = dict(zip(names, row, strict=True))
+        group: dict[str, Any] = {}
+        if bucket_ns:
+            group["start_unix_us"] = record["bucket_ns"] // 1000
+        group.update({key: record[key] for key in keys})
+        group.update(hops=record["hops"], error_rate=round(record["error_rate"] or 0.0, 6))
+        for measure in MEASURES:
+            group[f"{measure}_ms"] = {f"p{q}": ms(record[f"{measure}_p{q}"]) for q in QUANTILES}
+        total = record["total_sum"] or 0
+        group["share"] = {c: (round((record[f"{c}_sum"] or 0) / total, 6) if total else None) for c in COMPONENTS}
+        groups.append(group)
+    return groups

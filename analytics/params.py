@@ -1,0 +1,26 @@
+"""Request parameters shared by the REST routes: time windows and trace ids, refused with 422 when malformed."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import HTTPException
+
+from hopscope.analytics.timerange import instant_ns
+
+SINCE_HELP = "RFC 3339, or a duration back from now (15m, 2h)"
+
+
+def window(since: str, until: str | None) -> tuple[int, int]:
+    """[since, until) in ns since the epoch; `until` defaults to now."""
+    now = time.time_ns()
+    try:
+        return instant_ns(since, now), (instant_ns(until, now) if until else now)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
+def checked_trace_id(trace_id: str) -> str:
+    if len(trace_id) != 32 or any(c not in "0123456789abcdef" for c in trace_id):
+        raise HTTPException(422, "trace_id must be 32 lowercase hex digits")
+    return trace_id
