@@ -4,7 +4,6 @@ since the epoch in `*_unix_us` fields; every list is limited)."""
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -14,14 +13,14 @@ from pydantic import BaseModel, Field
 
 from hopscope.analytics.aggregates import COMPONENTS, GROUP_KEYS, hop_groups, ms
 from hopscope.analytics.classify import Classifier
+from hopscope.analytics.follower import SPAN_FIELDS
 from hopscope.analytics.hops import HopBreakdown, TraceHops
 from hopscope.analytics.params import SINCE_HELP, checked_trace_id, window
 from hopscope.analytics.sql import SqlBusy, SqlRefused, SqlRunner
 from hopscope.analytics.timerange import duration_ns
+from hopscope.analytics.trace_lookup import trace_spans
 
 PERCENTILE_NOTE = "exact, nearest-rank, over the hops of sampled traces that reached hopscope"
-_SPAN_FIELDS = ("trace_id", "span_id", "parent_span_id", "name", "kind", "start_ns", "end_ns", "status_code",
-                "service_name", "scope_name", "http_status_code", "attributes", "resource_attributes")
 
 
 def hop_json(hop: HopBreakdown) -> dict[str, Any]:
@@ -39,18 +38,9 @@ def hops_router(cursor: Callable[[], duckdb.DuckDBPyConnection], classifier: Cla
 
     @router.get("/traces/{trace_id}/hops", summary="Every hop of one trace, its latency split into components")
     def trace_hops(trace_id: str) -> dict[str, Any]:
-        checked_trace_id(trace_id)
-        rows = cursor().execute(f"SELECT {', '.join(_SPAN_FIELDS)} FROM spans WHERE trace_id = ?",
-                                [trace_id]).fetchall()
-        if not rows:
+        spans = trace_spans(cursor(), checked_trace_id(trace_id), SPAN_FIELDS)
+        if not spans:
             raise HTTPException(404, f"no spans for trace {trace_id}")
-        spans = []
-        for row in rows:
-            span = dict(zip(_SPAN_FIELDS, row, strict=True))
-            span["attributes"] = json.loads(span["attributes"]) if span["attributes"] else {}
-            span["resource_attributes"] = json.loads(span["resource_attributes"]) if span["resource_attributes"] \
-                else {}
-            spans.append(span)
         hops = TraceHops(spans, classifier).hops()
         return {"trace_id": trace_id, "span_count": len(spans), "hops": [hop_json(h) for h in hops]}
 

@@ -22,13 +22,25 @@ import pyarrow as pa
 
 from hopscope.analytics.classify import Classifier
 from hopscope.analytics.hops import TraceHops
-from hopscope.analytics.schema import FOLLOWER_DDL, HOP_COLUMN_NAMES, HOPS_ARROW_SCHEMA, HOPS_DDL, hop_row
+from hopscope.analytics.schema import (
+    FOLLOWER_DDL,
+    HOP_COLUMN_NAMES,
+    HOPS_ARROW_SCHEMA,
+    HOPS_DDL,
+    TRACE_ROWIDS_DDL,
+    hop_row,
+)
 
 log = logging.getLogger("hopscope.analytics")
 
-_SPAN_FIELDS = ("trace_id", "span_id", "parent_span_id", "name", "kind", "start_ns", "end_ns", "status_code",
+SPAN_FIELDS = ("trace_id", "span_id", "parent_span_id", "name", "kind", "start_ns", "end_ns", "status_code",
                 "service_name", "scope_name", "http_status_code", "attributes", "resource_attributes")
-_SELECT_TRACES = f"SELECT {', '.join(_SPAN_FIELDS)} FROM spans WHERE trace_id IN (SELECT unnest(?::VARCHAR[]))"
+# rowid ranges let DuckDB skip every row group outside them: a pass reads the recent spans, not the whole table
+_SELECT_TRACES = (f"SELECT {', '.join(SPAN_FIELDS)} FROM spans WHERE rowid BETWEEN ? AND ? "
+                  "AND trace_id IN (SELECT unnest(?::VARCHAR[]))")
+_UPSERT_ROWIDS = """INSERT INTO trace_rowids SELECT * FROM fresh_rowids ON CONFLICT (trace_id) DO UPDATE
+    SET first_rowid = least(first_rowid, excluded.first_rowid),
+        last_rowid = greatest(last_rowid, excluded.last_rowid)"""
 MAX_TRACES_PER_PASS = 2_000
 
 
@@ -39,11 +51,12 @@ class HopFollower:
         self._classifier = classifier
         self._settle = settle_seconds
         self._interval = interval
-        self._pending: dict[str, tuple[float, int]] = {}  # trace → (last touched, lowest unprocessed rowid)
+        self._pending: dict[str, tuple[float, int, int]] = {}  # trace → (last touched, lowest, highest new rowid)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hop-follower", daemon=True)
         self._db.execute(HOPS_DDL)
         self._db.execute(FOLLOWER_DDL)
+        self._db.execute(TRACE_ROWIDS_DDL)
         row = self._db.execute("SELECT span_rowid FROM hopscope_hops_watermark").fetchone()
         self._watermark = int(row[0]) if row else -1
         self.hops_written = 0
@@ -65,27 +78,44 @@ class HopFollower:
     def step(self, now: float) -> int:
         """One pass; returns the number of traces whose hops were recomputed."""
         fresh = self._db.execute("SELECT trace_id, min(rowid), max(rowid) FROM spans WHERE rowid > ? "
-                                 "GROUP BY trace_id", [self._watermark]).fetchall()
-        for trace_id, low, high in fresh:
-            _, earliest = self._pending.get(trace_id, (now, low))
-            self._pending[trace_id] = (now, min(earliest, low))
+                                 "GROUP BY trace_id", [self._watermark]).to_arrow_table()
+        if fresh.num_rows:
+            self._remember_rowids(fresh)
+        for trace_id, low, high in zip(*(fresh.column(i).to_pylist() for i in range(3)), strict=True):
+            _, earliest, latest = self._pending.get(trace_id, (now, low, high))
+            self._pending[trace_id] = (now, min(earliest, low), max(latest, high))
             self._watermark = max(self._watermark, high)
-        settled = [t for t, (touched, _) in self._pending.items() if now - touched >= self._settle]
+        settled = [t for t, (touched, _, _) in self._pending.items() if now - touched >= self._settle]
         settled = settled[:MAX_TRACES_PER_PASS]
         if settled:
-            self._recompute(settled)
+            # a trace that was settled before and got a late span is recomputed whole: from its first rowid
+            first = min(self._first_rowid(settled), min(self._pending[t][1] for t in settled))
+            self._recompute(settled, first, max(self._pending[t][2] for t in settled))
             for trace_id in settled:
                 del self._pending[trace_id]
-        safe = min((low for _, low in self._pending.values()), default=self._watermark + 1) - 1
+        safe = min((low for _, low, _ in self._pending.values()), default=self._watermark + 1) - 1
         self._db.execute("DELETE FROM hopscope_hops_watermark")
         self._db.execute("INSERT INTO hopscope_hops_watermark VALUES (?)", [safe])
         return len(settled)
 
-    def _recompute(self, trace_ids: list[str]) -> None:
-        rows = self._db.execute(_SELECT_TRACES, [trace_ids]).fetchall()
+    def _remember_rowids(self, fresh: pa.Table) -> None:
+        """Each trace's rowid range, so one trace's spans are read without scanning the table (trace_lookup.py)."""
+        self._db.register("fresh_rowids", fresh)
+        try:
+            self._db.execute(_UPSERT_ROWIDS)
+        finally:
+            self._db.unregister("fresh_rowids")
+
+    def _first_rowid(self, trace_ids: list[str]) -> int:
+        row = self._db.execute("SELECT min(first_rowid) FROM trace_rowids WHERE trace_id IN "
+                               "(SELECT unnest(?::VARCHAR[]))", [trace_ids]).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def _recompute(self, trace_ids: list[str], first_rowid: int, last_rowid: int) -> None:
+        rows = self._db.execute(_SELECT_TRACES, [first_rowid, last_rowid, trace_ids]).fetchall()
         traces: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
-            span = dict(zip(_SPAN_FIELDS, row, strict=True))
+            span = dict(zip(SPAN_FIELDS, row, strict=True))
             span["attributes"] = json.loads(span["attributes"]) if span["attributes"] else {}
             span["resource_attributes"] = (json.loads(span["resource_attributes"])
                                            if span["resource_attributes"] else {})

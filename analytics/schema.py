@@ -40,6 +40,9 @@ _ARROW = {"VARCHAR NOT NULL": pa.string(), "VARCHAR": pa.string(), "BIGINT": pa.
 HOPS_ARROW_SCHEMA = pa.schema([pa.field(name, _ARROW[sql]) for name, sql, _ in HOP_COLUMNS])
 HOPS_DDL = ("CREATE TABLE IF NOT EXISTS hops (" + ", ".join(f"{name} {sql}" for name, sql, _ in HOP_COLUMNS) + ")")
 FOLLOWER_DDL = "CREATE TABLE IF NOT EXISTS hopscope_hops_watermark (span_rowid BIGINT NOT NULL)"
+# Where each trace's spans lie in `spans` (ingest only appends, so rowids grow): one trace is read by rowid range.
+TRACE_ROWIDS_DDL = ("CREATE TABLE IF NOT EXISTS trace_rowids (trace_id VARCHAR PRIMARY KEY, first_rowid BIGINT, "
+                    "last_rowid BIGINT)")
 
 
 def hop_row(hop: HopBreakdown) -> tuple[Any, ...]:

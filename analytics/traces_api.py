@@ -3,7 +3,6 @@ one trace's spans with their mesh roles. Every list has a limit; instants are µ
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +12,7 @@ from fastapi import APIRouter, HTTPException, Query
 from hopscope.analytics.aggregates import ms
 from hopscope.analytics.classify import Classifier
 from hopscope.analytics.params import SINCE_HELP, checked_trace_id, window
+from hopscope.analytics.trace_lookup import trace_spans
 
 _SERVICES = """
 SELECT service_name, any_value(k8s_namespace) AS namespace, count(*) AS spans, max(start_ns) AS last_ns
@@ -41,10 +41,9 @@ WHERE (? IS NULL OR has_service) AND (? IS NULL OR has_operation)
 ORDER BY CASE WHEN ? = 'duration' THEN duration_ns ELSE start_ns END DESC
 LIMIT ?"""
 
-_TRACE_SPANS = """
-SELECT span_id, parent_span_id, name, kind, service_name, start_ns, end_ns, status_code, status_message,
-       http_status_code, k8s_pod, k8s_node, scope_name, attributes, resource_attributes, trace_id
-FROM spans WHERE trace_id = ? ORDER BY start_ns, span_id LIMIT ?"""
+_TRACE_COLUMNS = ("trace_id", "span_id", "parent_span_id", "name", "kind", "service_name", "start_ns", "end_ns",
+                  "status_code", "status_message", "http_status_code", "k8s_pod", "k8s_node", "scope_name",
+                  "attributes", "resource_attributes")
 
 
 def traces_router(cursor: Callable[[], duckdb.DuckDBPyConnection], classifier: Classifier) -> APIRouter:
@@ -78,18 +77,11 @@ def traces_router(cursor: Callable[[], duckdb.DuckDBPyConnection], classifier: C
 
     @router.get("/traces/{trace_id}", summary="One trace's spans, with the mesh role hopscope gave each")
     def trace(trace_id: str, limit: int = Query(10_000, ge=1, le=100_000)) -> dict[str, Any]:
-        checked_trace_id(trace_id)
-        db = cursor()
-        result = db.execute(_TRACE_SPANS, [trace_id, limit])
-        names = [d[0] for d in result.description]
-        spans = [dict(zip(names, row, strict=True)) for row in result.fetchall()]
+        spans = trace_spans(cursor(), checked_trace_id(trace_id), _TRACE_COLUMNS, limit)
         if not spans:
             raise HTTPException(404, f"no spans for trace {trace_id}")
         out = []
         for span in spans:
-            span["attributes"] = json.loads(span["attributes"]) if span["attributes"] else {}
-            span["resource_attributes"] = json.loads(span["resource_attributes"]) if span["resource_attributes"] \
-                else {}
             out.append({"span_id": span["span_id"], "parent_span_id": span["parent_span_id"], "name": span["name"],
                         "kind": span["kind"], "service": span["service_name"], "role": classifier.role(span),
                         "start_unix_us": span["start_ns"] // 1000,

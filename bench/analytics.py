@@ -1,0 +1,133 @@
+"""Analytics benchmark: is the hop breakdown fast enough on a large store?
+
+    .venv/bin/python bench/analytics.py                      # 10 million spans (a few minutes)
+    .venv/bin/python bench/analytics.py --spans 1000000      # a quicker look
+
+1. Simulated Bookinfo traffic (Envoy sidecars with upstream spans, gateway, apps) over the last hour is flattened
+   by the real ingest code and appended straight into a DuckDB file, as `hopscope serve` would. To reach millions
+   of spans quickly, a pool of simulated requests is replicated with fresh trace ids.
+2. The cost of keeping `hops` ready is measured on the pool: the follower's recomputation, in hops/s. The
+   replicas' hops are then filled in the same way at scale (their spans differ from the pool's only by trace id).
+3. `hopscope serve` opens the file; through its API the benchmark times `/api/v1/hops/summary` (all edges, last
+   hour) and one trace's `/api/v1/traces/{id}/hops`, beside a plain `SELECT count(*), avg(duration_ns) FROM spans`
+   over the same file via `/api/v1/sql`, median of several runs each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import httpx
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from hopscope.analytics.classify import Classifier
+from hopscope.analytics.follower import HopFollower
+from hopscope.collector.columns import requests_to_record_batch
+from hopscope.collector.store import SpanStore
+from hopscope.instrumentation.meshsim import MeshSimulator, Options, load_topology
+from hopscope.instrumentation.meshsim.encode import Encoder
+from hopscope.serve_process import ServeProcess
+
+
+def _pool(requests: int) -> pa.Table:
+    topology = load_topology("bookinfo")
+    simulator = MeshSimulator(topology, seed=5, options=Options(spawn_upstream_span=True))
+    start_us = time.time_ns() // 1000 - 50 * 60 * 1_000_000  # spread over the last 50 minutes
+    step = 50 * 60 * 1_000_000 // requests
+    batch = [simulator.request(start_us + i * step) for i in range(requests)]
+    return pa.Table.from_batches([requests_to_record_batch([Encoder(topology).request(batch).SerializeToString()])])
+
+
+def _replica(table: pa.Table, copy: int) -> pa.Table:
+    """The same spans under other trace ids: the first 8 hex digits become the copy number."""
+    prefix = pa.array([f"{copy:08x}"] * table.num_rows)
+    trace_ids = pc.binary_join_element_wise(prefix, pc.utf8_slice_codeunits(table["trace_id"], 8), "")
+    return table.set_column(table.schema.get_field_index("trace_id"), "trace_id", trace_ids)
+
+
+def _fetch(url: str, body: bytes | None = None) -> bytes:
+    request = urllib.request.Request(url, data=body, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return response.read()
+
+
+def _median_ms(action, runs: int) -> float:  # type: ignore[no-untyped-def]
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        action()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spans", type=int, default=10_000_000, help="spans to load (default 10 million)")
+    parser.add_argument("--pool-requests", type=int, default=4000, help="distinct simulated requests")
+    parser.add_argument("--runs", type=int, default=7, help="timed runs per query (median reported)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="hopscope-analytics-") as folder:
+        db = str(Path(folder) / "analytics.duckdb")
+        pool = _pool(args.pool_requests)
+        copies = max(1, args.spans // pool.num_rows)
+        print(f"loading {copies} × {pool.num_rows:,} spans = {copies * pool.num_rows:,} into {db}", flush=True)
+        store = SpanStore(db)
+        store.append(_replica(pool, 0), (0, 0))
+        follower = HopFollower(store.cursor, Classifier(), settle_seconds=0.0)
+        started = time.perf_counter()
+        follower.step(0.0)  # discover
+        while follower.step(1e9):  # recompute until every trace is settled
+            pass
+        hops_s = time.perf_counter() - started
+        hops_per_s = follower.hops_written / hops_s
+        print(f"  hops kept ready at {hops_per_s:,.0f} hops/s ({follower.hops_written:,} hops of the pool in "
+              f"{hops_s:.1f} s)", flush=True)
+        started = time.perf_counter()
+        for copy in range(1, copies):
+            store.append(_replica(pool, copy), (0, copy))
+            if copy % 50 == 0:
+                print(f"  {copy} copies, {time.perf_counter() - started:.0f} s", flush=True)
+        db_cursor = store.cursor()  # the replicas' hops and rowid ranges: the pool's, under the copies' trace ids
+        db_cursor.execute("INSERT INTO hops SELECT printf('%08x', c) || substr(trace_id, 9), hops.* EXCLUDE (trace_id) "
+                          "FROM hops, range(1, ?) r(c)", [copies])
+        db_cursor.execute("INSERT INTO trace_rowids SELECT printf('%08x', c) || substr(trace_id, 9), "
+                          "first_rowid + c * ?, last_rowid + c * ? FROM trace_rowids, range(1, ?) r(c)",
+                          [pool.num_rows, pool.num_rows, copies])
+        print(f"  spans loaded in {time.perf_counter() - started:.0f} s", flush=True)
+        store.checkpoint()
+        store.close()
+
+        server = ServeProcess(db, ["--settle-seconds", "3600"]).start()
+        try:
+            api = server.api_url
+            trace_id = httpx.post(f"{api}/api/v1/sql", json={"sql": "SELECT trace_id FROM spans LIMIT 1"}
+                                  ).json()["rows"][0][0]
+            # one connection per request, as curl does: httpx's keep-alive client adds ~40 ms per request here
+            # (Nagle and delayed ACK on its side), which would measure the client, not hopscope
+            scan_sql = json.dumps({"sql": "SELECT count(*), avg(duration_ns) FROM spans"}).encode()
+            scan = _median_ms(lambda: _fetch(f"{api}/api/v1/sql", scan_sql), args.runs)
+            summary = _median_ms(lambda: _fetch(f"{api}/api/v1/hops/summary?since=1h"), args.runs)
+            one = _median_ms(lambda: _fetch(f"{api}/api/v1/traces/{trace_id}/hops"), args.runs)
+            groups = json.loads(_fetch(f"{api}/api/v1/hops/summary?since=1h"))["groups"]
+        finally:
+            server.stop(timeout=60)
+    hops = sum(g["hops"] for g in groups)
+    print(f"\nresults ({copies * pool.num_rows:,} spans, {hops:,} hops, medians of {args.runs})")
+    print(f"  plain scan  SELECT count(*), avg(duration_ns) FROM spans   {scan:8.1f} ms  (baseline)")
+    print(f"  /api/v1/hops/summary, all edges, last hour                {summary:8.1f} ms  = {summary / scan:.1f}× "
+          "the plain scan (target ≤ 10×)")
+    print(f"  /api/v1/traces/{{id}}/hops, one trace                        {one:8.1f} ms  (target < 50 ms)")
+    print(f"  keeping hops ready: {hops_per_s:,.0f} hops/s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
