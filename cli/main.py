@@ -10,6 +10,7 @@ import sys
 from hopscope import __version__
 from hopscope.collector.settings import SettingsError, add_setting_arguments, resolve_settings
 from hopscope.query import add_api_arguments, run_breakdown, run_sql
+from hopscope.rebuild import run_rebuild
 from hopscope.simulate import add_simulation_arguments, demo_feeder, run_simulate, simulation_from
 
 DESCRIPTION = """\
@@ -77,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     breakdown.add_argument("--caller", default=None, help="only this calling service")
     breakdown.add_argument("--callee", default=None, help="only this called service")
     add_api_arguments(breakdown)
+
+    rebuild = commands.add_parser("rebuild", help="recompute hops from spans (stop the service first)",
+                                  description="Drop and recompute the derived relations (hops) of a database file, "
+                                              "e.g. after changing classification rules. The service must be stopped: "
+                                              "DuckDB lets one process write a file.")
+    rebuild.add_argument("--db", default="./hopscope.duckdb", help="the database file (default ./hopscope.duckdb)")
+    rebuild.add_argument("--rules", default=None, help="YAML/JSON classification rules tried before the built-ins")
     return parser
 
 
@@ -92,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_sql(arguments)
     if arguments.command == "breakdown":
         return run_breakdown(arguments)
+    if arguments.command == "rebuild":
+        return run_rebuild(arguments)
     try:
         settings = resolve_settings(vars(arguments), os.environ)
     except SettingsError as exc:

@@ -167,3 +167,25 @@ def test_services_trace_search_and_one_trace(fed_server: tuple[ServeProcess, lis
     roles = {span["role"] for span in one["spans"]}
     assert {"gateway", "proxy_outbound", "proxy_inbound", "proxy_upstream_outbound",
             "app_server", "app_client"} <= roles
+
+
+def test_rebuild_recomputes_the_same_hops_and_refuses_a_running_service(fed_server: tuple[ServeProcess, list],
+                                                                        tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import duckdb
+
+    server, truth = fed_server
+    running = subprocess.run([sys.executable, "-m", "hopscope", "rebuild", "--db", server.db],
+                             capture_output=True, text=True, timeout=60)
+    assert running.returncode == 1 and "in use" in running.stderr
+    assert server.stop() == 0
+    with duckdb.connect(server.db, read_only=True) as db:
+        before = sorted(db.execute("SELECT * EXCLUDE (resolution, anomalies) FROM hops").fetchall())
+    rebuilt = subprocess.run([sys.executable, "-m", "hopscope", "rebuild", "--db", server.db],
+                             capture_output=True, text=True, timeout=120)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    with duckdb.connect(server.db, read_only=True) as db:
+        after = sorted(db.execute("SELECT * EXCLUDE (resolution, anomalies) FROM hops").fetchall())
+    assert after == before and len(after) == len(truth)
