@@ -77,8 +77,8 @@ class HopFollower:
 
     def step(self, now: float) -> int:
         """One pass; returns the number of traces whose hops were recomputed."""
-        fresh = self._db.execute("SELECT trace_id, min(rowid), max(rowid) FROM spans WHERE rowid > ? "
-                                 "GROUP BY trace_id", [self._watermark]).to_arrow_table()
+        fresh = self._db.sql("SELECT trace_id, min(rowid), max(rowid) FROM spans WHERE rowid > ? "
+                             "GROUP BY trace_id", params=[self._watermark]).to_arrow_table()
         if fresh.num_rows:
             self._remember_rowids(fresh)
         for trace_id, low, high in zip(*(fresh.column(i).to_pylist() for i in range(3)), strict=True):
