@@ -12,17 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from google.protobuf import json_format
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from hopscope.collector import columns
 from hopscope.collector.schema import SPAN_COLUMNS
 from hopscope.instrumentation.meshsim.encode import any_value
+from tests.captures import all_capture_names, capture_payloads
 from tests.otlp_requests import request_with
 
-MESH = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mesh"
 JSON_COLUMNS = {c.name for c in SPAN_COLUMNS if c.sql_type == "JSON"}
 
 
@@ -41,20 +39,7 @@ def _normalised(cols: dict[str, list[Any]]) -> dict[str, list[Any]]:
 
 
 def _captured_payloads() -> list[bytes]:
-    payloads = []
-    for capture in sorted(MESH.glob("captured-*.json")):
-        if "zipkin" in capture.name:
-            continue
-        for export in json.loads(capture.read_text())["exports"]:
-            document = export["request"]
-            for rs in document.get("resourceSpans", []):
-                for ss in rs.get("scopeSpans", []):
-                    for span in ss.get("spans", []):
-                        for key in ("traceId", "spanId", "parentSpanId"):
-                            if span.get(key):
-                                span[key] = __import__("base64").b64encode(bytes.fromhex(span[key])).decode()
-            payloads.append(json_format.ParseDict(document, ExportTraceServiceRequest()).SerializeToString())
-    return payloads
+    return [payload for name in all_capture_names() for payload in capture_payloads(name)]
 
 
 def _edge_case_request() -> bytes:

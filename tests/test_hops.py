@@ -15,6 +15,7 @@ from hopscope.analytics.hops import TraceHops
 from hopscope.collector.columns import requests_to_record_batch
 from hopscope.instrumentation.meshsim import MeshSimulator, Options, load_topology
 from hopscope.instrumentation.meshsim.encode import Encoder
+from tests.captures import capture_payloads
 
 US = 1000  # truth is in µs, spans in ns
 
@@ -119,25 +120,7 @@ def test_real_envoy_capture_with_5ms_each_way_shows_10ms_of_network() -> None:
     """shared/reference/mesh/captured-netns.json: real Envoy 1.40 sidecars in network namespaces with 5 ms injected
     each way between the pods. Reused connections: ~10 ms of network (+ ~1 ms of Envoy and stack time, which
     without upstream spans is inside network); a new connection adds the 10 ms handshake."""
-    import base64
-    from pathlib import Path
-
-    from google.protobuf import json_format
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
-    capture = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mesh" / "captured-netns.json"
-    if not capture.exists():
-        pytest.skip(f"no reference capture at {capture}")
-    payloads = []
-    for export in json.loads(capture.read_text())["exports"]:
-        document = export["request"]
-        for rs in document.get("resourceSpans", []):
-            for ss in rs.get("scopeSpans", []):
-                for span in ss.get("spans", []):
-                    for key in ("traceId", "spanId", "parentSpanId"):
-                        if span.get(key):
-                            span[key] = base64.b64encode(bytes.fromhex(span[key])).decode()
-        payloads.append(json_format.ParseDict(document, ExportTraceServiceRequest()).SerializeToString())
+    payloads = capture_payloads("captured-netns.json")
     rows = requests_to_record_batch(payloads).to_pylist()
     for row in rows:
         row["attributes"] = json.loads(row["attributes"]) if row["attributes"] else {}

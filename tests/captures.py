@@ -1,0 +1,35 @@
+"""The real Envoy 1.40 + OTel SDK captures in shared/reference/mesh, as OTLP payloads the tests can feed in."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from google.protobuf import json_format
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+MESH = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mesh"
+
+
+def capture_payloads(name: str) -> list[bytes]:
+    """Every Export of one capture file, encoded as protobuf (the captures store OTLP/JSON with hex ids)."""
+    path = MESH / name
+    if not path.exists():
+        pytest.skip(f"no reference capture at {path}")
+    payloads = []
+    for export in json.loads(path.read_text())["exports"]:
+        document = export["request"]
+        for rs in document.get("resourceSpans", []):
+            for ss in rs.get("scopeSpans", []):
+                for span in ss.get("spans", []):
+                    for key in ("traceId", "spanId", "parentSpanId"):
+                        if span.get(key):
+                            span[key] = base64.b64encode(bytes.fromhex(span[key])).decode()
+        payloads.append(json_format.ParseDict(document, ExportTraceServiceRequest()).SerializeToString())
+    return payloads
+
+
+def all_capture_names() -> list[str]:
+    return sorted(p.name for p in MESH.glob("captured-*.json") if "zipkin" not in p.name)
