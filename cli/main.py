@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     from hopscope.serve import run_serve
 
     if arguments.command == "demo":
-        arguments.db = settings.db
+        arguments.db, arguments.settle_seconds = settings.db, settings.settle_seconds
         try:
             simulation_from(arguments, "127.0.0.1:0")  # validate the simulation flags before starting anything
         except ValueError as exc:

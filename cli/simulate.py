@@ -76,12 +76,12 @@ def demo_feeder(arguments: argparse.Namespace) -> Callable[..., None]:
     def feed(endpoints: object, stop: Callable[[], None]) -> None:
         run = simulation_from(arguments, endpoints.grpc_target)  # type: ignore[attr-defined]
         api = endpoints.api_url  # type: ignore[attr-defined]
-        print(f"demo: feeding the {arguments.topology} mesh at {arguments.rate:g} requests/s\n"
-              f"  see it:  {api}/metrics   (spans stored, backlog)   {api}/docs   (API)", flush=True)
-        if arguments.db != ":memory:":
-            print(f"  query it after Ctrl-C:  .venv/bin/python -c \"import duckdb; print(duckdb.connect("
-                  f"'{arguments.db}', read_only=True).sql('SELECT service_name, kind, count(*), "
-                  f"avg(duration_ns)/1e6 AS avg_ms FROM spans GROUP BY ALL ORDER BY ALL'))\"", flush=True)
+        print(f"demo: feeding the {arguments.topology} mesh at {arguments.rate:g} requests/s "
+              f"(hops appear ~{arguments.settle_seconds:g} s after their trace)\n"
+              f"  where the latency goes:  .venv/bin/hopscope breakdown --api {api}\n"
+              f"  ask in SQL:              .venv/bin/hopscope sql --api {api} \"SELECT callee, "
+              f"quantile_disc(network_ns, 0.99) / 1e6 AS p99_network_ms FROM hops GROUP BY ALL\"\n"
+              f"  as JSON:                 {api}/api/v1/hops/summary   (OpenAPI: {api}/docs)", flush=True)
         try:
             run.run(arguments.rate, arguments.duration, progress_printer("demo"))
         finally:

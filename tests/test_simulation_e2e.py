@@ -62,7 +62,7 @@ def test_demo_runs_for_its_duration_and_exits_0(tmp_path: Path) -> None:
                              "--grpc-port", "0", "--http-port", "0", "--api-port", "0", "--duration", "3",
                              "--rate", "20"], capture_output=True, text=True, timeout=90)
     assert result.returncode == 0, result.stderr
-    assert "demo: done" in result.stdout and "/metrics" in result.stdout
+    assert "demo: done" in result.stdout and "hopscope breakdown" in result.stdout and "hopscope sql" in result.stdout
     with duckdb.connect(str(tmp_path / "demo.duckdb"), read_only=True) as connection:
         services = {row[0] for row in connection.execute("SELECT DISTINCT service_name FROM spans").fetchall()}
     assert {"productpage", "reviews", "ratings", "details", "productpage.default"} <= services
