@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hopscope.instrumentation.meshsim import BUILT_IN, Options, load_topology
-from hopscope.instrumentation.meshsim.engine import MESHES
+from hopscope.instrumentation.meshsim.model import MESHES
 from hopscope.instrumentation.meshsim.runner import MODES, RunStats, SimulationRun
 
 

@@ -6,7 +6,8 @@ records the true latency of every hop beside them (iptables, proxy, network, app
     request = simulator.request(at_us=time.time_ns() // 1000)   # .spans, .hops (the truth)
 """
 
-from hopscope.instrumentation.meshsim.engine import HopTruth, MeshSimulator, Options, SimSpan, SimulatedRequest
+from hopscope.instrumentation.meshsim.engine import MeshSimulator
+from hopscope.instrumentation.meshsim.model import HopTruth, Options, SimSpan, SimulatedRequest
 from hopscope.instrumentation.meshsim.topology import BUILT_IN, Topology, load_topology
 
 __all__ = ["BUILT_IN", "HopTruth", "MeshSimulator", "Options", "SimSpan", "SimulatedRequest", "Topology",

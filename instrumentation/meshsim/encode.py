@@ -14,7 +14,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyVa
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
 from hopscope.instrumentation.meshsim import shapes
-from hopscope.instrumentation.meshsim.engine import SimSpan, SimulatedRequest
+from hopscope.instrumentation.meshsim.model import SimSpan, SimulatedRequest
 from hopscope.instrumentation.meshsim.topology import Topology
 
 REMOTE_PARENT_FLAGS = 0x300  # OTLP: has-is-remote + is-remote

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from hopscope.instrumentation.loadgen import RawExporter
 from hopscope.instrumentation.meshsim.encode import Encoder, sdk_spans
-from hopscope.instrumentation.meshsim.engine import MeshSimulator, Options, SimulatedRequest
+from hopscope.instrumentation.meshsim.engine import MeshSimulator
+from hopscope.instrumentation.meshsim.model import Options, SimulatedRequest
 from hopscope.instrumentation.meshsim.topology import Topology
 from hopscope.instrumentation.meshsim.truth import TruthWriter
 

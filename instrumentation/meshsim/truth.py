@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO
 
-from hopscope.instrumentation.meshsim.engine import HopTruth
+from hopscope.instrumentation.meshsim.model import HopTruth
 
 
 class TruthWriter:
