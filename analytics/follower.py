@@ -69,11 +69,14 @@ class HopFollower:
         self._thread.join()
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
+        busy = False
+        while not self._stop.wait(0 if busy else self._interval):
             try:
-                self.step(time.monotonic())
+                # a full batch means more traces are settled and waiting: go again at once instead of idling
+                busy = self.step(time.monotonic()) >= MAX_TRACES_PER_PASS
             except Exception:  # never take the server down; the next pass retries from the watermark
                 log.exception("hop follower pass failed")
+                busy = False
 
     def step(self, now: float) -> int:
         """One pass; returns the number of traces whose hops were recomputed."""
