@@ -111,6 +111,7 @@ class TraceHops:
         if outbound is not None and "UT" in str((outbound.get("attributes") or {}).get("response_flags", "")):
             hop.anomalies.append("the caller's proxy timed out (response flag UT): the callee-side spans outlive "
                                  "the hop, so network and the callee's components are not what the caller waited on")
+        self._apply_explicit_layers(hop, client, outbound, carrier)
         hop.callee = self._callee(callee_spans, outbound or anchor)
         hop.caller_node = node_of(client) if client is not None else node_of(anchor)
         if callee_spans:
@@ -171,6 +172,25 @@ class TraceHops:
         hop.app_ns = _duration(server)
         if int(server["end_ns"]) > int(answer["end_ns"]) and role != "waypoint":
             hop.anomalies.append("callee app span ends after its inbound proxy span")
+
+    def _apply_explicit_layers(self, hop: HopBreakdown, client: Span | None, outbound: Span | None,
+                               carrier: Span) -> None:
+        """Spans that report a layer directly (`hopscope.layer`, e.g. from an eBPF agent) replace the estimate of
+        that layer; what the estimate held beyond them is caller-proxy time (DESIGN §2: subtracted from the
+        component that would otherwise contain them)."""
+        if client is None or outbound is None:
+            return
+        explicit = self.kids(client, ("layer_iptables", "layer_network"))
+        interception = sum(_duration(s) for s in explicit if self.role[s["span_id"]] == "layer_iptables")
+        wire = sum(_duration(s) for s in explicit if self.role[s["span_id"]] == "layer_network")
+        if interception and hop.iptables_ns is not None:
+            hop.proxy_outbound_ns = (hop.proxy_outbound_ns or 0) + hop.iptables_ns - interception
+            hop.iptables_ns = interception
+            hop.resolution.append("iptables from explicit hopscope.layer spans; the rest of the gap is proxy")
+        if wire and hop.network_ns is not None and self.role[carrier["span_id"]] not in UPSTREAM:
+            hop.proxy_outbound_ns = (hop.proxy_outbound_ns or 0) + hop.network_ns - wire
+            hop.network_ns = wire
+            hop.resolution.append("network from explicit hopscope.layer spans; proxy_outbound is the rest")
 
     def _app_server_under(self, inbound: Span) -> Span | None:
         for kid in self.kids(inbound, ("app_server", "proxy_upstream_inbound")):

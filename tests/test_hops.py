@@ -135,3 +135,20 @@ def test_real_envoy_capture_with_5ms_each_way_shows_10ms_of_network() -> None:
     assert all(0 < h.iptables_ns < 3_000_000 for h in hops)  # interception + connect + parse: 0.6–2.3 ms here
     failing = next(h for h in hops if h.attempts == 3)
     assert failing.retry_ns > 20_000_000  # Envoy's 25 ms-based back-off between the three attempts
+
+
+def test_explicit_layer_spans_recover_outbound_proxy_time_without_upstream_spans() -> None:
+    """eBPF-style spans (hopscope.layer=iptables|network) measure interception and wire time directly; then even
+    without Envoy's upstream spans the outbound proxy's time is what remains, and every component is exact."""
+    rows, truth = _rows("bookinfo", Options(ebpf_spans=True))
+    checked = 0
+    for hop in _hops(rows):
+        real = truth[hop.anchor_span_id]
+        assert hop.components_sum() == hop.total_ns == real.total_us * US
+        if real.iptables_us is None or real.attempts > 1:
+            continue
+        assert (hop.iptables_ns, hop.proxy_outbound_ns, hop.network_ns, hop.proxy_inbound_ns, hop.app_ns) == (
+            real.iptables_us * US, real.proxy_outbound_us * US, real.network_us * US, real.proxy_inbound_us * US,
+            real.app_us * US)
+        checked += 1
+    assert checked > 100
