@@ -87,10 +87,13 @@ def test_a_second_server_on_the_same_file_exits_quickly_saying_it_is_in_use(star
     assert "in use" in second.stderr and "spans.duckdb" in second.stderr
 
 
-def test_memory_database_says_it_is_not_durable(start_serve: Callable[..., ServeProcess]) -> None:
-    server = ServeProcess(":memory:")
-    server.start()
+def test_memory_database_says_it_is_not_durable() -> None:
+    process = subprocess.Popen([sys.executable, "-m", "hopscope", "serve", "--db", ":memory:", "--grpc-port", "0",
+                                "--http-port", "0", "--api-port", "0"], stdout=subprocess.PIPE, text=True)
     try:
-        assert server.process is not None
+        assert process.stdout is not None
+        lines = [process.stdout.readline() for _ in range(5)]
     finally:
-        server.stop()
+        process.terminate()
+        assert process.wait(15) == 0
+    assert any("NOT durable" in line for line in lines), lines
