@@ -11,6 +11,7 @@ import duckdb
 from fastapi import APIRouter, Header, HTTPException, Query
 from pydantic import BaseModel, Field
 
+from hopscope.analytics import rollup
 from hopscope.analytics.aggregates import COMPONENTS, GROUP_KEYS, hop_groups, ms
 from hopscope.analytics.classify import Classifier
 from hopscope.analytics.follower import SPAN_FIELDS
@@ -21,6 +22,10 @@ from hopscope.analytics.timerange import duration_ns
 from hopscope.analytics.trace_lookup import trace_spans
 
 PERCENTILE_NOTE = "exact, nearest-rank, over the hops of sampled traces that reached hopscope"
+
+
+def minute_floor(ns: int) -> int:
+    return ns // rollup.MINUTE_NS * rollup.MINUTE_NS
 
 
 def hop_json(hop: HopBreakdown) -> dict[str, Any]:
@@ -49,11 +54,19 @@ def hops_router(cursor: Callable[[], duckdb.DuckDBPyConnection], classifier: Cla
     def hops_summary(since: str = Query("1h", description=SINCE_HELP), until: str | None = Query(None),
                      caller: str | None = None, callee: str | None = None,
                      group_by: str = Query("edge", pattern="^(edge|caller|callee|node_pair)$"),
+                     exact: bool = Query(False, description="sort every hop instead of merging per-minute "
+                                                            "histograms: exact, slower over long windows"),
                      limit: int = Query(200, ge=1, le=5000)) -> dict[str, Any]:
         low, high = window(since, until)
-        groups = hop_groups(cursor(), low, high, GROUP_KEYS[group_by], caller, callee, limit)
+        if exact:
+            groups = hop_groups(cursor(), low, high, GROUP_KEYS[group_by], caller, callee, limit)
+            note = PERCENTILE_NOTE
+        else:  # whole minutes: the window widens to the minutes it touches, and says so
+            low, high = minute_floor(low), minute_floor(high - 1) + rollup.MINUTE_NS
+            groups = rollup.rollup_groups(cursor(), low, high, GROUP_KEYS[group_by], caller, callee, limit)
+            note = rollup.ERROR_BOUND
         return {"since_unix_us": low // 1000, "until_unix_us": high // 1000, "group_by": group_by,
-                "percentiles": PERCENTILE_NOTE, "groups": groups}
+                "exact": exact, "percentiles": note, "groups": groups}
 
     @router.get("/hops/timeseries", summary="The components' percentiles over time, per step")
     def hops_timeseries(since: str = Query("1h", description=SINCE_HELP), until: str | None = Query(None),
@@ -75,13 +88,14 @@ def hops_router(cursor: Callable[[], duckdb.DuckDBPyConnection], classifier: Cla
     def edges(since: str = Query("1h", description=SINCE_HELP), until: str | None = Query(None),
               limit: int = Query(500, ge=1, le=5000)) -> dict[str, Any]:
         low, high = window(since, until)
-        groups = hop_groups(cursor(), low, high, GROUP_KEYS["edge"], limit=limit)
+        low, high = minute_floor(low), minute_floor(high - 1) + rollup.MINUTE_NS
+        groups = rollup.rollup_groups(cursor(), low, high, GROUP_KEYS["edge"], limit=limit)
         seconds = max((high - low) / 1e9, 1e-9)
         for group in groups:
             group["rate_per_s"] = round(group["hops"] / seconds, 6)
         services = sorted({g["caller"] for g in groups} | {g["callee"] for g in groups})
         return {"since_unix_us": low // 1000, "until_unix_us": high // 1000, "services": services,
-                "edges": groups, "percentiles": PERCENTILE_NOTE}
+                "edges": groups, "percentiles": rollup.ERROR_BOUND}
 
     return router
 

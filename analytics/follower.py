@@ -20,6 +20,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from hopscope.analytics import rollup
 from hopscope.analytics.classify import Classifier
 from hopscope.analytics.hops import TraceHops
 from hopscope.analytics.schema import (
@@ -57,6 +58,7 @@ class HopFollower:
         self._db.execute(HOPS_DDL)
         self._db.execute(FOLLOWER_DDL)
         self._db.execute(TRACE_ROWIDS_DDL)
+        rollup.create(self._db)
         row = self._db.execute("SELECT span_rowid FROM hopscope_hops_watermark").fetchone()
         self._watermark = int(row[0]) if row else -1
         self.hops_written = 0
@@ -126,12 +128,17 @@ class HopFollower:
         hop_rows = [hop_row(hop) for spans in traces.values() for hop in TraceHops(spans, self._classifier).hops()]
         fresh_hops = pa.Table.from_pylist([dict(zip(HOP_COLUMN_NAMES, row, strict=True)) for row in hop_rows],
                                           schema=HOPS_ARROW_SCHEMA)
+        minutes = {hop[HOP_COLUMN_NAMES.index("start_ns")] // rollup.MINUTE_NS * rollup.MINUTE_NS for hop in hop_rows}
         self._db.execute("BEGIN TRANSACTION")
         try:
+            minutes.update(row[0] for row in self._db.execute(  # the minutes of the hops being replaced, too
+                f"SELECT DISTINCT start_ns // {rollup.MINUTE_NS} * {rollup.MINUTE_NS} FROM hops "
+                "WHERE trace_id IN (SELECT unnest(?::VARCHAR[]))", [trace_ids]).fetchall())
             self._db.execute("DELETE FROM hops WHERE trace_id IN (SELECT unnest(?::VARCHAR[]))", [trace_ids])
             self._db.register("fresh_hops", fresh_hops)
             self._db.execute("INSERT INTO hops SELECT * FROM fresh_hops")
             self._db.unregister("fresh_hops")
+            rollup.refresh_minutes(self._db, sorted(minutes))
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")

@@ -28,6 +28,7 @@ import httpx
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from hopscope.analytics import rollup
 from hopscope.analytics.classify import Classifier
 from hopscope.analytics.follower import HopFollower
 from hopscope.collector.columns import requests_to_record_batch
@@ -102,6 +103,9 @@ def main() -> None:
         db_cursor.execute("INSERT INTO trace_rowids SELECT printf('%08x', c) || substr(trace_id, 9), "
                           "first_rowid + c * ?, last_rowid + c * ? FROM trace_rowids, range(1, ?) r(c)",
                           [pool.num_rows, pool.num_rows, copies])
+        minutes = [row[0] for row in db_cursor.execute(
+            f"SELECT DISTINCT start_ns // {rollup.MINUTE_NS} * {rollup.MINUTE_NS} FROM hops").fetchall()]
+        rollup.refresh_minutes(db_cursor, minutes)  # what the follower does for the minutes it touches
         print(f"  spans loaded in {time.perf_counter() - started:.0f} s", flush=True)
         store.checkpoint()
         store.close()
@@ -116,6 +120,7 @@ def main() -> None:
             scan_sql = json.dumps({"sql": "SELECT count(*), avg(duration_ns) FROM spans"}).encode()
             scan = _median_ms(lambda: _fetch(f"{api}/api/v1/sql", scan_sql), args.runs)
             summary = _median_ms(lambda: _fetch(f"{api}/api/v1/hops/summary?since=1h"), args.runs)
+            exact = _median_ms(lambda: _fetch(f"{api}/api/v1/hops/summary?since=1h&exact=true"), args.runs)
             one = _median_ms(lambda: _fetch(f"{api}/api/v1/traces/{trace_id}/hops"), args.runs)
             groups = json.loads(_fetch(f"{api}/api/v1/hops/summary?since=1h"))["groups"]
         finally:
@@ -124,7 +129,9 @@ def main() -> None:
     print(f"\nresults ({copies * pool.num_rows:,} spans, {hops:,} hops, medians of {args.runs})")
     print(f"  plain scan  SELECT count(*), avg(duration_ns) FROM spans   {scan:8.1f} ms  (baseline)")
     print(f"  /api/v1/hops/summary, all edges, last hour                {summary:8.1f} ms  = {summary / scan:.1f}× "
-          "the plain scan (target ≤ 10×)")
+          "the plain scan (target ≤ 10×; percentiles within ±0.5 %)")
+    print(f"  /api/v1/hops/summary?exact=true (sorts every hop)         {exact:8.1f} ms  = {exact / scan:.1f}× "
+          "the plain scan")
     print(f"  /api/v1/traces/{{id}}/hops, one trace                        {one:8.1f} ms  (target < 50 ms)")
     print(f"  keeping hops ready: {hops_per_s:,.0f} hops/s")
 

@@ -46,9 +46,14 @@ def fed_server(start_serve: Callable[..., ServeProcess]) -> tuple[ServeProcess, 
     return server, hops
 
 
-def test_summary_percentiles_equal_the_truths(fed_server: tuple[ServeProcess, list]) -> None:
+@pytest.mark.parametrize("exact", [True, False])
+def test_summary_percentiles_match_the_truths(exact: bool, fed_server: tuple[ServeProcess, list]) -> None:
+    """Exact: equal to nearest-rank percentiles of the truth. Default (per-minute log-bucket rollups): within the
+    stated ±0.5 % (plus the API's µs rounding); counts and error rates exact either way."""
     server, truth = fed_server
-    summary = httpx.get(f"{server.api_url}/api/v1/hops/summary", params={"since": "10m"}).json()
+    summary = httpx.get(f"{server.api_url}/api/v1/hops/summary",
+                        params={"since": "10m", "exact": str(exact).lower()}).json()
+    assert summary["exact"] is exact and ("±0.5 %" in summary["percentiles"]) is not exact
     by_edge = defaultdict(list)
     for hop in truth:
         by_edge[(hop.caller, hop.callee)].append(hop)
@@ -64,8 +69,10 @@ def test_summary_percentiles_equal_the_truths(fed_server: tuple[ServeProcess, li
                 assert all(v is None for v in values) and group[f"{component}_ms"]["p50"] is None
                 continue
             for q in (50, 95, 99):
-                assert group[f"{component}_ms"][f"p{q}"] == pytest.approx(_nearest_rank(values, q / 100) / 1000,
-                                                                         abs=1e-9), (edge, component, q)
+                expected_ms = _nearest_rank(values, q / 100) / 1000
+                tolerance = 1e-9 if exact else abs(expected_ms) * 0.005 + 0.0005
+                assert group[f"{component}_ms"][f"p{q}"] == pytest.approx(expected_ms, abs=tolerance), (
+                    edge, component, q)
 
 
 def test_one_traces_hops_equal_the_truth(fed_server: tuple[ServeProcess, list]) -> None:
@@ -189,3 +196,40 @@ def test_rebuild_recomputes_the_same_hops_and_refuses_a_running_service(fed_serv
     with duckdb.connect(server.db, read_only=True) as db:
         after = sorted(db.execute("SELECT * EXCLUDE (resolution, anomalies) FROM hops").fetchall())
     assert after == before and len(after) == len(truth)
+
+
+def test_a_late_span_updates_its_hop(start_serve: Callable[..., ServeProcess]) -> None:
+    """Envoy flushes every 5 s, so spans of one trace arrive late: the hop is first computed without the callee's
+    app span (app merged into the inbound proxy), then recomputed exactly once the late span lands."""
+    from hopscope.instrumentation.loadgen import RawExporter
+    from hopscope.instrumentation.meshsim import MeshSimulator
+    from hopscope.instrumentation.meshsim.encode import Encoder
+    from hopscope.instrumentation.meshsim.model import SimulatedRequest
+
+    server = start_serve("--settle-seconds", "0.5")
+    topology = load_topology("bookinfo")
+    request = MeshSimulator(topology, seed=3, options=Options(spawn_upstream_span=True)).request(
+        time.time_ns() // 1000 - 5_000_000)
+    late = next(s for s in request.spans if s.name == "GET /ratings")
+    early = SimulatedRequest(request.trace_id, [s for s in request.spans if s is not late], request.hops)
+    truth = next(h for h in request.hops if h.callee == "ratings")
+    exporter = RawExporter(server.grpc_target)
+    query = {"sql": f"SELECT app_ns, proxy_inbound_ns FROM hops WHERE trace_id = '{request.trace_id.hex()}' "
+                    "AND callee = 'ratings'"}
+
+    def hop_row(expected_app: object) -> list:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            rows = httpx.post(f"{server.api_url}/api/v1/sql", json=query).json()["rows"]
+            if rows and rows[0][0] == expected_app:
+                return rows[0]
+            time.sleep(0.2)
+        raise AssertionError(f"hop never showed app_ns={expected_app}: {rows}")
+
+    assert exporter.export(Encoder(topology).request([early]).SerializeToString())
+    merged = hop_row(None)
+    assert merged[1] == (truth.proxy_inbound_us + truth.app_us) * 1000
+    assert exporter.export(Encoder(topology).request(
+        [SimulatedRequest(request.trace_id, [late], [])]).SerializeToString())
+    exporter.close()
+    assert hop_row(truth.app_us * 1000)[1] == truth.proxy_inbound_us * 1000
