@@ -34,6 +34,7 @@ def hop_json(hop: HopBreakdown) -> dict[str, Any]:
                             "total_ms": ms(hop.total_ns), "attempts": hop.attempts, "error": hop.error}
     for name in COMPONENTS:
         body[f"{name}_ms"] = ms(getattr(hop, f"{name}_ns"))
+    body["app_self_ms"] = ms(hop.app_self_ns)
     body["resolution"], body["anomalies"] = hop.resolution, hop.anomalies
     return body
 

@@ -44,6 +44,7 @@ class HopBreakdown:
     proxy_inbound_ns: int | None = None
     network_ns: int | None = None
     app_ns: int | None = None
+    app_self_ns: int | None = None  # the callee app's own time: app_ns less the time its own outgoing hops cover
     retry_ns: int = 0
     attempts: int = 1
     resolution: list[str] = field(default_factory=list)
@@ -73,6 +74,7 @@ class TraceHops:
             self.spans.setdefault(span["span_id"], span)
         self.role = {span_id: classifier.role(span) for span_id, span in self.spans.items()}
         self.children: dict[str, list[Span]] = defaultdict(list)
+        self._server_of: dict[str, Span] = {}  # hop anchor → the callee app SERVER span that answered
         for span in self.spans.values():
             if span.get("parent_span_id") in self.spans:
                 self.children[span["parent_span_id"]].append(span)
@@ -92,7 +94,41 @@ class TraceHops:
                 result.append(self._hop(span, outbound[0] if outbound else None))
             elif role in OUTBOUND and parent_role != "app_client":
                 result.append(self._hop(None, span))
+        self._fill_app_self(result)
         return result
+
+    def _fill_app_self(self, hops: list[HopBreakdown]) -> None:
+        """app_self = d(S) minus the union of the intervals of the hops S itself made. Those hops' anchors are the
+        callee's own spans (its app CLIENT or its sidecar's outbound span), so they share S's clock."""
+        children: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for hop in hops:
+            owner = self._owning_server(self.spans[hop.anchor_span_id])
+            if owner is not None:
+                anchor = self.spans[hop.anchor_span_id]
+                children[owner["span_id"]].append((int(anchor["start_ns"]), int(anchor["end_ns"])))
+        for hop in hops:
+            server = self._server_of.get(hop.anchor_span_id)
+            if server is None or hop.app_ns is None:
+                continue
+            low, high = int(server["start_ns"]), int(server["end_ns"])
+            covered, reach = 0, low
+            for start, end in sorted(children.get(server["span_id"], [])):
+                start, end = max(start, reach), min(end, high)
+                if end > start:
+                    covered += end - start
+                    reach = end
+            hop.app_self_ns = hop.app_ns - covered
+
+    def _owning_server(self, span: Span) -> Span | None:
+        """The nearest app SERVER span above this one (the app on whose behalf the call was made)."""
+        parent = self.spans.get(span.get("parent_span_id") or "")
+        while parent is not None:
+            if self.role[parent["span_id"]] == "app_server":
+                return parent
+            if self.role[parent["span_id"]] in ("proxy_inbound", "waypoint"):
+                return None  # crossed into the caller's side of the previous hop
+            parent = self.spans.get(parent.get("parent_span_id") or "")
+        return None
 
     def _hop(self, client: Span | None, outbound: Span | None) -> HopBreakdown:
         anchor = client or outbound
@@ -154,6 +190,7 @@ class TraceHops:
         if role == "app_server":
             hop.network_ns = wire - _duration(answer)
             hop.app_ns = _duration(answer)
+            self._server_of[hop.anchor_span_id] = answer
             if self.role[carrier["span_id"]] == "app_client":
                 hop.resolution.append("no proxies on this hop")
             else:
@@ -170,6 +207,7 @@ class TraceHops:
             return
         hop.proxy_inbound_ns = _duration(answer) - _duration(server)
         hop.app_ns = _duration(server)
+        self._server_of[hop.anchor_span_id] = server
         if int(server["end_ns"]) > int(answer["end_ns"]) and role != "waypoint":
             hop.anomalies.append("callee app span ends after its inbound proxy span")
 

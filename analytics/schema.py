@@ -27,6 +27,7 @@ HOP_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("proxy_inbound_ns", "BIGINT", "callee sidecar processing: d(inbound proxy) - d(app SERVER)"),
     ("network_ns", "BIGINT", "wire both ways, connection set-up, server-side interception"),
     ("app_ns", "BIGINT", "d(callee app SERVER), inclusive of its own downstream calls"),
+    ("app_self_ns", "BIGINT", "the callee app's own time: app_ns less the time covered by the hops it made"),
     ("retry_ns", "BIGINT", "time before the answering attempt started (failed attempts and back-off)"),
     ("attempts", "INTEGER", "attempts made by the caller's proxy"),
     ("error", "BOOLEAN", "the anchor span is an error (status ERROR or HTTP 5xx)"),

@@ -152,3 +152,22 @@ def test_explicit_layer_spans_recover_outbound_proxy_time_without_upstream_spans
             real.app_us * US)
         checked += 1
     assert checked > 100
+
+
+def test_app_self_is_the_callees_time_outside_its_own_calls() -> None:
+    """Truth-side: a leaf service's own time is its whole app time; productpage calls details, then reviews, in
+    sequence, so its own time is its app time less those two hops' totals."""
+    rows, truth = _rows("bookinfo", Options(spawn_upstream_span=True), requests=40)
+    by_trace: dict[str, list] = defaultdict(list)
+    for hop in truth.values():
+        by_trace[hop.trace_id].append(hop)
+    checked = 0
+    for hop in _hops(rows):
+        real = truth[hop.anchor_span_id]
+        if real.callee in ("ratings", "details"):
+            assert hop.app_self_ns == hop.app_ns
+        elif real.callee == "productpage":
+            calls = [h for h in by_trace[real.trace_id] if h.caller == "productpage"]
+            assert hop.app_self_ns == (real.app_us - sum(h.total_us for h in calls)) * US
+            checked += 1
+    assert checked == 40
