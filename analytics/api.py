@@ -22,6 +22,7 @@ from hopscope.analytics.timerange import duration_ns
 from hopscope.analytics.trace_lookup import trace_spans
 
 PERCENTILE_NOTE = "exact, nearest-rank, over the hops of sampled traces that reached hopscope"
+COUNTS_NOTE = "hops of the sampled traces that reached hopscope, not of every request"
 
 
 def minute_floor(ns: int) -> int:
@@ -67,7 +68,7 @@ def hops_router(cursor: Callable[[], duckdb.DuckDBPyConnection], classifier: Cla
             groups = rollup.rollup_groups(cursor(), low, high, GROUP_KEYS[group_by], caller, callee, limit)
             note = rollup.ERROR_BOUND
         return {"since_unix_us": low // 1000, "until_unix_us": high // 1000, "group_by": group_by,
-                "exact": exact, "percentiles": note, "groups": groups}
+                "exact": exact, "percentiles": note, "counts": COUNTS_NOTE, "groups": groups}
 
     @router.get("/hops/timeseries", summary="The components' percentiles over time, per step")
     def hops_timeseries(since: str = Query("1h", description=SINCE_HELP), until: str | None = Query(None),
