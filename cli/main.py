@@ -11,7 +11,7 @@ from hopscope import __version__
 from hopscope.collector.settings import SettingsError, add_setting_arguments, resolve_settings
 from hopscope.query import add_api_arguments, run_breakdown, run_sql
 from hopscope.rebuild import run_rebuild
-from hopscope.simulate import add_simulation_arguments, demo_feeder, run_simulate, simulation_from
+from hopscope.simulate import add_simulation_arguments, demo_feeder, run_simulate, simulation_setup
 
 DESCRIPTION = """\
 hopscope answers one question about a service mesh: where does a request's latency go — the app, the sidecar
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.command == "demo":
         arguments.db, arguments.settle_seconds = settings.db, settings.settle_seconds
         try:
-            simulation_from(arguments, "127.0.0.1:0")  # validate the simulation flags before starting anything
+            simulation_setup(arguments)  # check the simulation flags before starting anything
         except ValueError as exc:
             print(f"hopscope demo: {exc}", file=sys.stderr)
             return 2

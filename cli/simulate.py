@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from hopscope.instrumentation.meshsim import BUILT_IN, Options, load_topology
+from hopscope.instrumentation.meshsim import BUILT_IN, Options, Topology, load_topology
 from hopscope.instrumentation.meshsim.model import MESHES
 from hopscope.instrumentation.meshsim.runner import MODES, RunStats, SimulationRun
 
@@ -33,15 +33,20 @@ def add_simulation_arguments(parser: argparse.ArgumentParser, default_rate: floa
     group.add_argument("--truth", type=Path, default=None, help="write the ground truth of every hop here (JSONL)")
 
 
-def simulation_from(arguments: argparse.Namespace, target: str) -> SimulationRun:
+def simulation_setup(arguments: argparse.Namespace) -> tuple[Topology, Options]:
+    """Check the simulation flags (ValueError naming the flag) without connecting or writing anything."""
     if not 0 <= arguments.lost_span_rate < 1:
         raise ValueError("--lost-span-rate must be in [0, 1)")
     if arguments.rate <= 0:
         raise ValueError("--rate must be above 0")
     options = Options(spawn_upstream_span=arguments.spawn_upstream_span, lost_span_rate=arguments.lost_span_rate,
                       ebpf_spans=arguments.ebpf_spans, mesh=arguments.mesh)
-    return SimulationRun(load_topology(arguments.topology), target, arguments.mode, arguments.seed, options,
-                         arguments.truth)
+    return load_topology(arguments.topology), options
+
+
+def simulation_from(arguments: argparse.Namespace, target: str) -> SimulationRun:
+    topology, options = simulation_setup(arguments)
+    return SimulationRun(topology, target, arguments.mode, arguments.seed, options, arguments.truth)
 
 
 def progress_printer(prefix: str) -> Callable[[RunStats], None]:
