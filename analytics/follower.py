@@ -10,7 +10,6 @@ still waiting, so a restart re-discovers exactly the unsettled traces.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -31,6 +30,7 @@ from hopscope.analytics.schema import (
     TRACE_ROWIDS_DDL,
     hop_row,
 )
+from hopscope.analytics.trace_lookup import span_from_row
 
 log = logging.getLogger("hopscope.analytics")
 
@@ -120,10 +120,7 @@ class HopFollower:
         rows = self._db.execute(_SELECT_TRACES, [first_rowid, last_rowid, trace_ids]).fetchall()
         traces: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
-            span = dict(zip(SPAN_FIELDS, row, strict=True))
-            span["attributes"] = json.loads(span["attributes"]) if span["attributes"] else {}
-            span["resource_attributes"] = (json.loads(span["resource_attributes"])
-                                           if span["resource_attributes"] else {})
+            span = span_from_row(SPAN_FIELDS, row)
             traces.setdefault(span["trace_id"], []).append(span)
         hop_rows = [hop_row(hop) for spans in traces.values() for hop in TraceHops(spans, self._classifier).hops()]
         fresh_hops = pa.Table.from_pylist([dict(zip(HOP_COLUMN_NAMES, row, strict=True)) for row in hop_rows],

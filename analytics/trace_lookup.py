@@ -23,11 +23,13 @@ def trace_spans(db: duckdb.DuckDBPyConnection, trace_id: str, columns: tuple[str
         rows += db.execute(f"SELECT {select}, start_ns AS _start, span_id AS _id FROM spans "
                            "WHERE rowid BETWEEN ? AND ? AND trace_id = ?", [low, high, trace_id]).fetchall()
     rows.sort(key=lambda row: (row[-2], row[-1]))
-    spans = []
-    for row in rows[:limit]:
-        span = dict(zip(columns, row[:-2], strict=True))
-        for name in ("attributes", "resource_attributes"):
-            if name in span:
-                span[name] = json.loads(span[name]) if span[name] else {}
-        spans.append(span)
-    return spans
+    return [span_from_row(columns, row[:-2]) for row in rows[:limit]]
+
+
+def span_from_row(columns: tuple[str, ...], row: tuple[Any, ...]) -> dict[str, Any]:
+    """A `spans` row as the dict the analytics work on, its JSON attribute maps parsed (absent → {})."""
+    span = dict(zip(columns, row, strict=True))
+    for name in ("attributes", "resource_attributes"):
+        if name in span:
+            span[name] = json.loads(span[name]) if span[name] else {}
+    return span

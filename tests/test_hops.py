@@ -4,7 +4,6 @@ the resolution each hop states."""
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from typing import Any
 
@@ -12,6 +11,7 @@ import pytest
 
 from hopscope.analytics.classify import Classifier
 from hopscope.analytics.hops import TraceHops
+from hopscope.analytics.trace_lookup import span_from_row
 from hopscope.collector.columns import requests_to_record_batch
 from hopscope.instrumentation.meshsim import MeshSimulator, Options, load_topology
 from hopscope.instrumentation.meshsim.encode import Encoder
@@ -25,12 +25,15 @@ def _rows(topology_name: str, options: Options, requests: int = 60, seed: int = 
     simulator = MeshSimulator(topology, seed=seed, options=options)
     batch = [simulator.request(1_795_000_000_000_000 + i * 40_000) for i in range(requests)]
     payload = Encoder(topology).request(batch).SerializeToString()
-    rows = requests_to_record_batch([payload]).to_pylist()
-    for row in rows:
-        row["attributes"] = json.loads(row["attributes"]) if row["attributes"] else {}
-        row["resource_attributes"] = json.loads(row["resource_attributes"]) if row["resource_attributes"] else {}
+    rows = _span_rows([payload])
     truth = {hop.outermost_span_id: hop for request in batch for hop in request.hops}
     return rows, truth
+
+
+def _span_rows(payloads: list[bytes]) -> list[dict[str, Any]]:
+    """OTLP payloads through the real ingest flattening, as the rows the analytics read."""
+    batch = requests_to_record_batch(payloads)
+    return [span_from_row(tuple(batch.schema.names), tuple(row.values())) for row in batch.to_pylist()]
 
 
 def _hops(rows: list[dict[str, Any]]) -> list:
@@ -121,10 +124,7 @@ def test_real_envoy_capture_with_5ms_each_way_shows_10ms_of_network() -> None:
     each way between the pods. Reused connections: ~10 ms of network (+ ~1 ms of Envoy and stack time, which
     without upstream spans is inside network); a new connection adds the 10 ms handshake."""
     payloads = capture_payloads("captured-netns.json")
-    rows = requests_to_record_batch(payloads).to_pylist()
-    for row in rows:
-        row["attributes"] = json.loads(row["attributes"]) if row["attributes"] else {}
-        row["resource_attributes"] = json.loads(row["resource_attributes"]) if row["resource_attributes"] else {}
+    rows = _span_rows(payloads)
     hops = [h for h in _hops(rows) if (h.caller, h.callee) == ("service-a", "service-b")]
     assert len(hops) == 6  # 5 OK requests + 1 retried-out failure
     single = [h for h in hops if h.attempts == 1]
