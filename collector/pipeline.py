@@ -259,17 +259,15 @@ class IngestPipeline:
             return self._flatten_in_process(group)
 
     def _flatten_in_process(self, group: list[SpoolRecord]) -> pa.RecordBatch:
-        good: list[bytes] = []
+        batches: list[pa.RecordBatch] = []
         path = segment_path(self._spool_dir, group[0].segment)
         for record in group:
             payload = next(read_payloads(path, record.start, record.end))
             try:
-                requests_to_record_batch([payload])
+                batches.append(requests_to_record_batch([payload]))
             except Exception as exc:
                 self._quarantine(record, payload, exc)
-                continue
-            good.append(payload)
-        return requests_to_record_batch(good)
+        return pa.concat_batches(batches) if batches else requests_to_record_batch([])
 
     def _quarantine(self, record: SpoolRecord, payload: bytes, exc: Exception) -> None:
         """Keep an acknowledged record we cannot flatten instead of losing it or blocking all ingest behind it."""
