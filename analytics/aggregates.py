@@ -19,6 +19,18 @@ def ms(ns: float | None) -> float | None:
     return None if ns is None else round(ns / 1e6, 3)
 
 
+def summary_group(keys: dict[str, Any], hops: int, errors_share: float, quantiles_ns: dict[str, list[Any]],
+                  sums_ns: dict[str, Any]) -> dict[str, Any]:
+    """One group of a summary, in the API's units: exact or rollup answers have the same shape."""
+    group: dict[str, Any] = {**keys, "hops": hops, "error_rate": round(errors_share or 0.0, 6)}
+    for measure in MEASURES:
+        values = quantiles_ns.get(measure) or [None] * len(QUANTILES)
+        group[f"{measure}_ms"] = {f"p{q}": ms(v) for q, v in zip(QUANTILES, values, strict=True)}
+    total = float(sums_ns.get("total") or 0)
+    group["share"] = {c: (round(float(sums_ns.get(c) or 0) / total, 6) if total else None) for c in COMPONENTS}
+    return group
+
+
 def hop_groups(db: duckdb.DuckDBPyConnection, low_ns: int, high_ns: int, keys: tuple[str, ...],
                caller: str | None = None, callee: str | None = None, limit: int = 200,
                bucket_ns: int | None = None) -> list[dict[str, Any]]:
@@ -40,15 +52,9 @@ def hop_groups(db: duckdb.DuckDBPyConnection, low_ns: int, high_ns: int, keys: t
     groups = []
     for row in cursor.fetchall():
         record = dict(zip(names, row, strict=True))
-        group: dict[str, Any] = {}
-        if bucket_ns:
-            group["start_unix_us"] = record["bucket_ns"] // 1000
-        group.update({key: record[key] for key in keys})
-        group.update(hops=record["hops"], error_rate=round(record["error_rate"] or 0.0, 6))
-        for measure in MEASURES:
-            values = record[f"{measure}_q"] or [None] * len(QUANTILES)
-            group[f"{measure}_ms"] = {f"p{q}": ms(v) for q, v in zip(QUANTILES, values, strict=True)}
-        total = record["total_sum"] or 0
-        group["share"] = {c: (round((record[f"{c}_sum"] or 0) / total, 6) if total else None) for c in COMPONENTS}
-        groups.append(group)
+        group_keys = {"start_unix_us": record["bucket_ns"] // 1000} if bucket_ns else {}
+        group_keys.update({key: record[key] for key in keys})
+        groups.append(summary_group(group_keys, record["hops"], record["error_rate"],
+                                    {m: record[f"{m}_q"] for m in MEASURES},
+                                    {m: record[f"{m}_sum"] for m in MEASURES}))
     return groups

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import duckdb
 
-from hopscope.analytics.aggregates import COMPONENTS, QUANTILES, ms
+from hopscope.analytics.aggregates import QUANTILES, summary_group
 
 MEASURES = ("total", "iptables", "proxy_outbound", "proxy_inbound", "network", "app", "retry")
 MINUTE_NS = 60 * 10**9
@@ -90,16 +90,10 @@ def rollup_groups(db: duckdb.DuckDBPyConnection, low_ns: int, high_ns: int, keys
         percentiles.setdefault(group_key, {})[measure] = list(values)
     groups = []
     for record in stats:
-        group_key = tuple(record[key] for key in keys)
-        group: dict = {key: record[key] for key in keys}
-        group.update(hops=int(record["hops"]), error_rate=round(int(record["errors"]) / int(record["hops"]), 6))
-        found = percentiles.get(group_key, {})
-        for measure in MEASURES:
-            chosen = found.get(measure) or [None] * len(QUANTILES)
-            group[f"{measure}_ms"] = {f"p{q}": (None if b is None else ms(value_of_bucket(int(b))))
-                                      for q, b in zip(QUANTILES, chosen, strict=True)}
-        total = float(record["total_sum"] or 0)
-        group["share"] = {c: (round(float(record[f"{c}_sum"] or 0) / total, 6) if total else None)
-                          for c in COMPONENTS}
-        groups.append(group)
+        found = percentiles.get(tuple(record[key] for key in keys), {})
+        quantiles_ns = {m: [None if b is None else value_of_bucket(int(b)) for b in bucket_picks]
+                        for m, bucket_picks in found.items()}
+        groups.append(summary_group({key: record[key] for key in keys}, int(record["hops"]),
+                                    int(record["errors"]) / int(record["hops"]), quantiles_ns,
+                                    {m: record[f"{m}_sum"] for m in MEASURES}))
     return groups
