@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml collector/_flatten.c
 run: $(STAMP)
 	$(BIN)/hopscope demo
 
-## make test: the whole suite (unit, real OTLP exporters, crash rounds)
+## make test: the whole suite (unit, real OTLP exporters, crash rounds, the real Envoy mesh, the browser)
 test: $(STAMP)
+	./scripts/system-packages.sh
 	$(BIN)/ruff check cli collector analytics instrumentation tests bench
 	$(BIN)/python -m pytest -q
 
