@@ -1,0 +1,281 @@
+"""Clock skew (DESIGN §4): estimate the offset between clock domains from many client/server pairs, apply it to
+one trace, keep the raw times, and say what was applied and how sure it is.
+
+A span's clock domain is its node (resource `k8s.node.name`, else `host.name`); a pod whose node some span of the
+trace names (an app span carries both `k8s.pod.name` and `k8s.node.name`) is on that node, so a sidecar — known by
+the pod in Envoy's `node_id`, or Linkerd's `host.name` — shares its app's domain; else the pod, else
+`service.instance.id`, else the service.
+
+For a synchronous parent span p in domain A and its child s in domain B, with δ = clock(B) − clock(A), the child
+really runs inside the parent, so
+
+    δ ≤ s.start − p.start        (the request leg is not negative)
+    δ ≥ s.end − p.end            (the response leg is not negative)
+
+Over many pairs — both directions: A's calls into B bound δ, B's calls into A bound −δ — the tightest bounds form
+an interval [lo, hi] (NTP's minimum filter: the fastest request and fastest response legs decide it). The estimate
+is its midpoint and the uncertainty half its width: the truth lies within it whenever every pair really nested.
+When lo > hi (drift inside the window, or a child that truly outlived its parent), the interval is reported as
+inconsistent and its midpoint used, with half the overlap deficit as uncertainty.
+
+Bounds are kept per 10-minute window (`clock_offsets`) and a trace uses the windows within 30 minutes of its start,
+so slow drift is followed. Per trace, every domain is shifted onto the clock of the root span's domain (what users
+read as "the request's time" does not move), along the chain of pairs with the least summed uncertainty.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+
+WINDOW_NS = 600 * 10**9
+REACH_NS = 1800 * 10**9  # a trace uses the windows whose start lies within this of its own start
+
+OFFSETS_DDL = ("CREATE TABLE IF NOT EXISTS clock_offsets (domain_a VARCHAR NOT NULL, domain_b VARCHAR NOT NULL, "
+               "window_start_ns BIGINT NOT NULL, lo_ns BIGINT, hi_ns BIGINT, pairs BIGINT, "
+               "PRIMARY KEY (domain_a, domain_b, window_start_ns))")
+_UPSERT = """INSERT INTO clock_offsets SELECT * FROM fresh_offsets ON CONFLICT DO UPDATE
+    SET lo_ns = greatest(lo_ns, excluded.lo_ns), hi_ns = least(hi_ns, excluded.hi_ns),
+        pairs = pairs + excluded.pairs"""
+
+Span = Mapping[str, Any]
+
+
+def clock_domain(span: Span, pod_nodes: Mapping[str, str]) -> str:
+    resource = span.get("resource_attributes") or {}
+    node = resource.get("k8s.node.name")
+    if node:
+        return str(node)
+    pod = resource.get("k8s.pod.name") or _pod_in_node_id(span)
+    host = resource.get("host.name")
+    for name in (pod, host):
+        if name and str(name) in pod_nodes:
+            return pod_nodes[str(name)]
+    if host:
+        return str(host)
+    if pod:
+        return f"pod:{pod}"
+    instance = resource.get("service.instance.id")
+    return f"instance:{instance}" if instance else f"service:{span.get('service_name') or ''}"
+
+
+def _pod_in_node_id(span: Span) -> str | None:
+    """Envoy's `node_id`, e.g. `sidecar~10.1.0.7~reviews-v1-5c2a.default~default.svc.cluster.local`."""
+    parts = str((span.get("attributes") or {}).get("node_id") or "").split("~")
+    return parts[2].split(".")[0] if len(parts) >= 3 and parts[2] else None
+
+
+def trace_domains(spans: Iterable[Span]) -> dict[str, str]:
+    """span id → clock domain, for one trace."""
+    spans = list(spans)
+    pod_nodes: dict[str, str] = {}
+    for span in spans:
+        resource = span.get("resource_attributes") or {}
+        if resource.get("k8s.pod.name") and resource.get("k8s.node.name"):
+            pod_nodes[str(resource["k8s.pod.name"])] = str(resource["k8s.node.name"])
+    return {span["span_id"]: clock_domain(span, pod_nodes) for span in spans}
+
+
+def is_follows_from(span: Span) -> bool:
+    """OTLP has no reference type: the OpenTracing shim and Jaeger's translator write a FOLLOWS_FROM parent as a
+    link to the parent with `opentracing.ref_type=follows_from`."""
+    links = span.get("links")
+    if isinstance(links, str):
+        links = json.loads(links)
+    for link in links or []:
+        attributes = link.get("attributes") or {}
+        if attributes.get("opentracing.ref_type") == "follows_from" and (
+                not span.get("parent_span_id") or link.get("span_id") == span.get("parent_span_id")):
+            return True
+    return False
+
+
+def _outlives_parent(parent: Span, child: Span) -> bool:
+    """Pairs that legitimately do not nest: asynchronous children, and callees of a proxy that gave up."""
+    attributes = parent.get("attributes") or {}
+    if child.get("kind") == "CONSUMER" or parent.get("kind") == "PRODUCER" or is_follows_from(child):
+        return True
+    return "UT" in str(attributes.get("response_flags") or "") or str(attributes.get("canceled")) == "true"
+
+
+@dataclass
+class PairBounds:
+    """δ = clock(domain_b) − clock(domain_a) lies in [lo_ns, hi_ns], from `pairs` client/server pairs."""
+
+    lo_ns: int
+    hi_ns: int
+    pairs: int
+
+    def merge(self, other: PairBounds) -> None:
+        self.lo_ns, self.hi_ns = max(self.lo_ns, other.lo_ns), min(self.hi_ns, other.hi_ns)
+        self.pairs += other.pairs
+
+    @property
+    def estimate_ns(self) -> float:
+        return (self.lo_ns + self.hi_ns) / 2
+
+    @property
+    def uncertainty_ns(self) -> float:
+        return abs(self.hi_ns - self.lo_ns) / 2
+
+    @property
+    def consistent(self) -> bool:
+        return self.lo_ns <= self.hi_ns
+
+
+def trace_pair_bounds(spans: Iterable[Span]) -> dict[tuple[str, str], PairBounds]:
+    """The bounds one trace's cross-domain parent/child pairs put on each domain pair (domain_a < domain_b)."""
+    spans = list(spans)
+    domains = trace_domains(spans)
+    by_id = {span["span_id"]: span for span in spans}
+    bounds: dict[tuple[str, str], PairBounds] = {}
+    for child in spans:
+        parent = by_id.get(child.get("parent_span_id") or "")
+        if parent is None or _outlives_parent(parent, child):
+            continue
+        a, b = domains[parent["span_id"]], domains[child["span_id"]]
+        if a == b:
+            continue
+        lo = int(child["end_ns"]) - int(parent["end_ns"])
+        hi = int(child["start_ns"]) - int(parent["start_ns"])
+        key, found = ((a, b), PairBounds(lo, hi, 1)) if a < b else ((b, a), PairBounds(-hi, -lo, 1))
+        if key in bounds:
+            bounds[key].merge(found)
+        else:
+            bounds[key] = found
+    return bounds
+
+
+@dataclass(frozen=True)
+class DomainShift:
+    domain: str
+    shift_ns: float  # added to this domain's times to put them on the reference domain's clock
+    uncertainty_ns: float
+    pairs: int  # client/server pairs behind the least-certain link of the chain
+    via: tuple[str, ...]  # the chain of domains from the reference
+    consistent: bool = True
+
+
+@dataclass
+class ClockOffsets:
+    """Pair bounds across many traces, resolved per trace onto one reference domain."""
+
+    bounds: dict[tuple[str, str], PairBounds] = field(default_factory=dict)
+
+    def add(self, more: Mapping[tuple[str, str], PairBounds]) -> None:
+        for key, found in more.items():
+            if key in self.bounds:
+                self.bounds[key].merge(found)
+            else:
+                self.bounds[key] = PairBounds(found.lo_ns, found.hi_ns, found.pairs)
+
+    def shifts(self, reference: str, domains: Iterable[str]) -> dict[str, DomainShift | None]:
+        """Each domain's shift onto `reference` (None: no chain of pairs connects it), by least summed
+        uncertainty (Dijkstra over the domain graph, which has a handful of nodes)."""
+        graph: dict[str, list[tuple[str, PairBounds, int]]] = {}
+        for (a, b), found in self.bounds.items():
+            graph.setdefault(a, []).append((b, found, 1))
+            graph.setdefault(b, []).append((a, found, -1))
+        best: dict[str, DomainShift] = {reference: DomainShift(reference, 0.0, 0.0, 0, (reference,))}
+        queue: list[tuple[float, str]] = [(0.0, reference)]
+        while queue:
+            cost, domain = heapq.heappop(queue)
+            here = best[domain]
+            if cost > here.uncertainty_ns:
+                continue
+            for other, found, sign in graph.get(domain, []):
+                # δ(here → other) = clock(other) − clock(here); the shift onto the reference subtracts it
+                delta = found.estimate_ns * sign
+                candidate = DomainShift(other, here.shift_ns - delta, here.uncertainty_ns + found.uncertainty_ns,
+                                        found.pairs if not here.pairs else min(here.pairs, found.pairs),
+                                        (*here.via, other), here.consistent and found.consistent)
+                if other not in best or candidate.uncertainty_ns < best[other].uncertainty_ns:
+                    best[other] = candidate
+                    heapq.heappush(queue, (candidate.uncertainty_ns, other))
+        return {domain: best.get(domain) for domain in domains}
+
+
+def correct_clock_skew(spans: list[dict[str, Any]], offsets: ClockOffsets | None) -> tuple[list[dict], dict]:
+    """The trace's spans with every domain moved onto the root domain's clock (`raw_start_ns`/`raw_end_ns` keep
+    what arrived), and a report of each shift. `offsets=None` leaves the times raw and says so."""
+    if offsets is None or not spans:
+        return spans, {"skew": "raw", "reference_domain": None, "domains": []}
+    domains = trace_domains(spans)
+    by_id = {span["span_id"]: span for span in spans}
+    roots = [s for s in spans if not s.get("parent_span_id") or s["parent_span_id"] not in by_id]
+    root = min(roots or spans, key=lambda s: (int(s["start_ns"]), s["span_id"]))
+    reference = domains[root["span_id"]]
+    shifts = offsets.shifts(reference, sorted(set(domains.values())))
+    corrected = []
+    for span in spans:
+        shift = shifts[domains[span["span_id"]]]
+        move = round(shift.shift_ns) if shift is not None else 0
+        corrected.append({**span, "start_ns": int(span["start_ns"]) + move, "end_ns": int(span["end_ns"]) + move,
+                          "raw_start_ns": span["start_ns"], "raw_end_ns": span["end_ns"], "clock_domain":
+                              domains[span["span_id"]]})
+    report = {"skew": "corrected", "reference_domain": reference, "domains": [
+        {"domain": domain, "shift_ms": None if s is None else round(s.shift_ns / 1e6, 6),
+         "uncertainty_ms": None if s is None else round(s.uncertainty_ns / 1e6, 6),
+         "pairs": None if s is None else s.pairs, "via": None if s is None else list(s.via),
+         "status": "reference" if domain == reference else "no client/server pairs connect this domain: not shifted"
+         if s is None else "estimated" if s.consistent else "inconsistent bounds (drift, or a child outlived its "
+                                                            "parent): midpoint used"}
+        for domain, s in shifts.items()]}
+    return corrected, report
+
+
+# ---- the stored estimates -------------------------------------------------------------------------------------
+
+def create(db: duckdb.DuckDBPyConnection) -> None:
+    db.execute(OFFSETS_DDL)
+
+
+def store_bounds(db: duckdb.DuckDBPyConnection, traces: Mapping[str, list[Span]]) -> None:
+    """Fold the pairs of these traces into their 10-minute windows (min filter: idempotent for the bounds)."""
+    rows: dict[tuple[str, str, int], PairBounds] = {}
+    for spans in traces.values():
+        if not spans:
+            continue
+        window = min(int(s["start_ns"]) for s in spans) // WINDOW_NS * WINDOW_NS
+        for (a, b), found in trace_pair_bounds(spans).items():
+            key = (a, b, window)
+            if key in rows:
+                rows[key].merge(found)
+            else:
+                rows[key] = found
+    if not rows:
+        return
+    import pyarrow as pa
+
+    table = pa.table({"domain_a": [k[0] for k in rows], "domain_b": [k[1] for k in rows],
+                      "window_start_ns": [k[2] for k in rows], "lo_ns": [v.lo_ns for v in rows.values()],
+                      "hi_ns": [v.hi_ns for v in rows.values()], "pairs": [v.pairs for v in rows.values()]})
+    db.register("fresh_offsets", table)
+    try:
+        db.execute(_UPSERT)
+    finally:
+        db.unregister("fresh_offsets")
+
+
+class OffsetWindows:
+    """The stored windows around a time range, combined per trace start (±REACH_NS)."""
+
+    def __init__(self, db: duckdb.DuckDBPyConnection, low_ns: int, high_ns: int) -> None:
+        try:
+            self._rows = db.execute("SELECT domain_a, domain_b, window_start_ns, lo_ns, hi_ns, pairs FROM "
+                                    "clock_offsets WHERE window_start_ns BETWEEN ? AND ?",
+                                    [low_ns - REACH_NS - WINDOW_NS, high_ns + REACH_NS]).fetchall()
+        except duckdb.CatalogException:  # no follower has run on this database yet
+            self._rows = []
+
+    def at(self, start_ns: int) -> ClockOffsets:
+        offsets = ClockOffsets()
+        for a, b, window, lo, hi, pairs in self._rows:
+            if abs(window + WINDOW_NS // 2 - start_ns) <= REACH_NS + WINDOW_NS // 2:
+                offsets.add({(a, b): PairBounds(lo, hi, pairs)})
+        return offsets

@@ -1,0 +1,68 @@
+"""What if one component took no time? The trace's end-to-end latency replayed with that component's time removed
+— recomputed on the span tree, so when a branch gets faster a parallel branch can become the critical one; not
+the path's time minus the component's (docs/critical-path.md, "What if").
+
+The replay walks each span's timeline forward through its children's starts and ends (bottom-up, so a child's
+projected duration is known when its parent is replayed). Between events:
+
+* no child running: the span's own time, less the part of it labelled with the removed component;
+* a child starts while another runs: the recorded gap is kept (what triggered the start is unknown; the span was
+  working alongside);
+* a child ends: the span's clock moves to at least the child's projected end (it was waiting on it).
+
+With nothing removed every instant replays to itself, so the projection equals the recorded latency; on a purely
+sequential trace it equals the latency less the component's time on the path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from hopscope.analytics.critical_path import SpanTree
+from hopscope.analytics.path_labels import PathLabeller, Segment
+
+Removed = Callable[[Segment], bool]
+
+
+def _own_removed(labeller: PathLabeller, span_id: str | None, start: int, end: int, removed: Removed) -> int:
+    return sum(s.duration_ns for s in labeller.label(span_id, start, end) if removed(s))
+
+
+def projected_duration_ns(tree: SpanTree, labeller: PathLabeller, removed: Removed) -> int:
+    """The trace's wall-clock (the root's, or several roots' span) with the `removed` segments taking no time."""
+    top = tree.root
+    if top not in tree.start:
+        return 0
+    order: list[str | None] = []
+    stack: list[str | None] = [top]
+    while stack:  # parents before children; replayed in reverse, so children first
+        current = stack.pop()
+        order.append(current)
+        stack.extend(tree.children.get(current, []))
+    projected: dict[str | None, int] = {}
+    for span_id in reversed(order):
+        projected[span_id] = _replay(tree, labeller, span_id, projected, removed)
+    return projected[top]
+
+
+def _replay(tree: SpanTree, labeller: PathLabeller, span_id: str | None, projected: dict[str | None, int],
+            removed: Removed) -> int:
+    kids = tree.children.get(span_id, [])
+    events = sorted([(tree.start[k], 1, k) for k in kids] + [(tree.end[k], 0, k) for k in kids])
+    events.append((tree.end[span_id], 2, None))  # ends (0) before starts (1) at one instant: back-to-back calls
+    clock, previous, running = 0, tree.start[span_id], 0
+    started: dict[str, int] = {}
+    for instant, what, kid in events:
+        gap = instant - previous
+        if running == 0:
+            clock += gap - _own_removed(labeller, span_id, previous, instant, removed) if gap else 0
+        elif what == 1:
+            clock += gap
+        if what == 1:
+            started[kid] = clock  # type: ignore[index]
+            running += 1
+        elif what == 0:
+            running -= 1
+            clock = max(clock, started[kid] + projected[kid])  # type: ignore[index]
+        previous = instant
+    return clock

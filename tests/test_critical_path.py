@@ -1,0 +1,236 @@
+"""The critical-path walk on hand-built traces: every rule of DESIGN §5 with its expected sections written out, a
+line-by-line port of Jaeger UI's walk as the reference on well-formed traces, and the tiling of the root."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from hopscope.analytics.critical_path import PathSpan, Section, critical_path, span_tree
+from hopscope.analytics.path_labels import PathLabeller
+from hopscope.analytics.what_if import projected_duration_ns
+
+
+def span(span_id: str, parent: str | None, start: int, end: int, kind: str = "INTERNAL",
+         follows_from: bool = False) -> PathSpan:
+    return PathSpan(span_id, parent, start, end, kind, follows_from)
+
+
+def path(*spans: PathSpan) -> list[tuple[str | None, int, int]]:
+    return [(s.span_id, s.start_ns, s.end_ns) for s in critical_path(spans)]
+
+
+def test_jaegers_example_last_finishing_child_then_the_one_before() -> None:
+    assert path(span("a", None, 0, 100), span("b", "a", 10, 40), span("c", "a", 50, 90)) == [
+        ("a", 0, 10), ("b", 10, 40), ("a", 40, 50), ("c", 50, 90), ("a", 90, 100)]
+
+
+def test_back_to_back_sequential_children_both_count() -> None:
+    """Jaeger needs `end < start of the next`, so b would be lost and a credited with [0, 50)."""
+    assert path(span("a", None, 0, 100), span("b", "a", 10, 50), span("c", "a", 50, 90)) == [
+        ("a", 0, 10), ("b", 10, 50), ("c", 50, 90), ("a", 90, 100)]
+
+
+def test_overlapping_child_is_credited_until_the_next_one_starts() -> None:
+    assert path(span("a", None, 0, 100), span("b", "a", 10, 60), span("c", "a", 50, 90)) == [
+        ("a", 0, 10), ("b", 10, 50), ("c", 50, 90), ("a", 90, 100)]
+
+
+def test_overlap_walks_into_the_credited_child_only_up_to_the_point() -> None:
+    """b's own child d ends after c started: d is on the path up to c's start, not beyond."""
+    assert path(span("a", None, 0, 100), span("b", "a", 10, 60), span("d", "b", 20, 58),
+                span("c", "a", 50, 90)) == [
+        ("a", 0, 10), ("b", 10, 20), ("d", 20, 50), ("c", 50, 90), ("a", 90, 100)]
+
+
+def test_child_starting_before_its_parent_is_clipped_and_flagged() -> None:
+    tree = span_tree([span("a", None, 0, 100), span("b", "a", -5, 30)])
+    assert [(s.span_id, s.start_ns, s.end_ns) for s in critical_path(tree)] == [("b", 0, 30), ("a", 30, 100)]
+    assert tree.flags == {"b": ["starts 5 ns before its parent: clipped"]}
+
+
+def test_child_ending_after_its_parent_is_clipped_and_flagged_not_dropped() -> None:
+    """Real app spans end up to ~1 ms after their sidecar's span (socket buffering)."""
+    tree = span_tree([span("a", None, 0, 100), span("b", "a", 70, 101), span("c", "b", 80, 101)])
+    assert [(s.span_id, s.start_ns, s.end_ns) for s in critical_path(tree)] == [
+        ("a", 0, 70), ("b", 70, 80), ("c", 80, 100)]
+    assert tree.flags == {"b": ["ends 1 ns after its parent: clipped"], "c": ["ends 1 ns after its parent: clipped"]}
+
+
+def test_child_entirely_after_its_parent_is_flagged_and_takes_no_time() -> None:
+    tree = span_tree([span("a", None, 0, 100), span("b", "a", 120, 130)])
+    assert [(s.span_id, s.start_ns, s.end_ns) for s in critical_path(tree)] == [("a", 0, 100)]
+    assert tree.flags["b"] == ["outside its parent: clipped to a zero-length edge of the parent"]
+
+
+def test_asynchronous_work_is_off_the_path() -> None:
+    """A CONSUMER under a PRODUCER and a FOLLOWS_FROM child run on after the request; neither is waited on."""
+    spans = [span("a", None, 0, 100, "SERVER"), span("p", "a", 10, 20, "PRODUCER"),
+             span("q", "p", 30, 150, "CONSUMER"), span("q2", "q", 40, 140),
+             span("f", "a", 40, 95, follows_from=True)]
+    tree = span_tree(spans)
+    assert [(s.span_id, s.start_ns, s.end_ns) for s in critical_path(tree)] == [
+        ("a", 0, 10), ("p", 10, 20), ("a", 20, 100)]
+    assert tree.off_path == {"q", "q2", "f"}
+
+
+def test_a_consumer_under_a_non_producer_is_synchronous() -> None:
+    assert path(span("a", None, 0, 100, "SERVER"), span("c", "a", 10, 90, "CONSUMER")) == [
+        ("a", 0, 10), ("c", 10, 90), ("a", 90, 100)]
+
+
+def test_orphans_of_a_partial_trace_become_roots() -> None:
+    spans = [span("a", None, 0, 50), span("x", "lost", 60, 80), span("y", "x", 65, 75)]
+    tree = span_tree(spans)
+    assert [(s.span_id, s.start_ns, s.end_ns) for s in critical_path(tree)] == [
+        ("a", 0, 50), (None, 50, 60), ("x", 60, 65), ("y", 65, 75), ("x", 75, 80)]
+    assert tree.flags == {"x": ["orphan: parent lost is not in the trace; promoted to a root"]}
+
+
+def test_two_roots_give_one_path_over_the_wall_clock() -> None:
+    assert path(span("r1", None, 0, 40), span("r2", None, 20, 100)) == [("r1", 0, 20), ("r2", 20, 100)]
+
+
+@pytest.mark.parametrize(("b", "c", "expected"), [
+    ((10, 60), (10, 60), [("a", 0, 10), ("b", 10, 60), ("a", 60, 100)]),  # identical: smallest span id
+    ((10, 60), (20, 60), [("a", 0, 10), ("b", 10, 60), ("a", 60, 100)]),  # equal ends: earliest start (Jaeger)
+    ((20, 60), (10, 60), [("a", 0, 10), ("c", 10, 60), ("a", 60, 100)]),
+    ((10, 70), (20, 60), [("a", 0, 10), ("b", 10, 70), ("a", 70, 100)]),
+])
+def test_ties_break_deterministically(b: tuple[int, int], c: tuple[int, int], expected: list) -> None:
+    spans = [span("a", None, 0, 100), span("b", "a", *b), span("c", "a", *c)]
+    assert path(*spans) == expected
+    assert path(*reversed(spans)) == expected  # input order does not matter
+
+
+def test_500_back_to_back_children_are_all_on_the_path() -> None:
+    spans = [span("root", None, 0, 5_010)] + [span(f"c{i:03}", "root", 5 + i * 10, 15 + i * 10) for i in range(500)]
+    assert path(*spans) == [("root", 0, 5)] + [(f"c{i:03}", 5 + i * 10, 15 + i * 10) for i in range(500)] + [
+        ("root", 5_005, 5_010)]
+
+
+def test_500_parallel_children_only_the_last_finishing_one_counts() -> None:
+    spans = [span("root", None, 0, 1_000)] + [span(f"c{i:03}", "root", 10, 500 + i) for i in range(500)]
+    assert path(*spans) == [("root", 0, 10), ("c499", 10, 999), ("root", 999, 1_000)]
+
+
+def test_depth_20_walks_down_and_back_up() -> None:
+    spans = [span("s0", None, 0, 400)] + [span(f"s{i}", f"s{i - 1}", i * 10, 400 - i * 10) for i in range(1, 20)]
+    down = [(f"s{i}", i * 10, i * 10 + 10) for i in range(19)]
+    up = [(f"s{i}", 400 - i * 10 - 10, 400 - i * 10) for i in reversed(range(19))]
+    assert path(*spans) == down + [("s19", 190, 210)] + up
+
+
+# ---- equal to Jaeger UI on well-formed traces -----------------------------------------------------------------
+
+def jaeger_ui_critical_path(spans: list[PathSpan]) -> list[tuple[str, int, int]]:
+    """A direct port of jaeger-ui's computeCriticalPath (packages/jaeger-ui/src/components/TracePage/CriticalPath/
+    index.tsx, findLastFinishingChildSpan.tsx): children sorted by end time, descending (a stable sort of the
+    start-ordered span list); the returning walk takes the first child with end < the returning child's start."""
+    by_id = {s.span_id: s for s in spans}
+    ordered = sorted(spans, key=lambda s: s.start_ns)
+    children = {s.span_id: sorted([c for c in ordered if c.parent_id == s.span_id], key=lambda c: -c.end_ns)
+                for s in spans}
+    out: list[tuple[str, int, int]] = []
+
+    def compute(span_id: str, returning: int | None) -> None:
+        current = by_id[span_id]
+        kids = children[span_id]
+        if returning is not None:
+            lfc = next((c for c in kids if c.end_ns < returning), None)
+        else:
+            lfc = kids[0] if kids else None
+        end = returning if returning is not None else current.end_ns
+        if lfc is not None:
+            if lfc.end_ns != end:
+                out.append((span_id, lfc.end_ns, end))
+            compute(lfc.span_id, None)
+        else:
+            if current.start_ns != end:
+                out.append((span_id, current.start_ns, end))
+            if current.parent_id:
+                compute(current.parent_id, current.start_ns)
+
+    compute(ordered[0].span_id, None)
+    return list(reversed(out))
+
+
+def _well_formed(rng: random.Random, span_id: str, parent: str | None, start: int, end: int, depth: int,
+                 out: list[PathSpan]) -> None:
+    """Children inside their parent, never overlapping, never back to back."""
+    out.append(span(span_id, parent, start, end))
+    if depth == 0 or end - start < 40:
+        return
+    cursor = start + rng.randint(1, 5)
+    for index in range(rng.randint(0, 4)):
+        length = rng.randint(1, max(1, (end - cursor) // 2))
+        if cursor + length >= end:
+            break
+        _well_formed(rng, f"{span_id}.{index}", span_id, cursor, cursor + length, depth - 1, out)
+        cursor += length + rng.randint(1, 10)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_equals_jaeger_ui_on_well_formed_traces(seed: int) -> None:
+    rng = random.Random(seed)
+    spans: list[PathSpan] = []
+    _well_formed(rng, "r", None, 0, rng.randint(100, 10_000), 5, spans)
+    ours = [(s.span_id, s.start_ns, s.end_ns) for s in critical_path(spans)]
+    assert ours == jaeger_ui_critical_path(spans)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_sections_of_a_single_root_trace_tile_the_root(seed: int) -> None:
+    """Any shape — overlapping, back-to-back, overflowing children — the sections are contiguous from the root's
+    start to its end."""
+    rng = random.Random(seed)
+    spans = [span("r", None, 0, 1_000)]
+    for index in range(rng.randint(1, 60)):
+        parent = rng.choice(spans).span_id
+        start = rng.randint(-20, 1_000)
+        spans.append(span(f"s{index}", parent, start, start + rng.randint(0, 300)))
+    sections = critical_path(spans)
+    assert sections[0].start_ns == 0 and sections[-1].end_ns == 1_000
+    assert all(a.end_ns == b.start_ns for a, b in zip(sections, sections[1:], strict=False))
+    assert sum(s.end_ns - s.start_ns for s in sections) == 1_000
+
+
+def test_no_spans_no_path() -> None:
+    assert critical_path([]) == [] and critical_path([span("a", None, 5, 5)]) == []
+
+
+def test_sections_are_section_records() -> None:
+    assert critical_path([span("a", None, 0, 10)]) == [Section("a", 0, 10)]
+
+
+# ---- what if ---------------------------------------------------------------------------------------------------
+
+class _AllApp(PathLabeller):
+    """Labels every span's own time `app` with the span id as service: enough to zero one span's own time."""
+
+    def __init__(self) -> None:  # no hop model needed for plain spans
+        self.component, self.service = {}, {}
+        self._in_failed_attempt, self._retry_window, self._wire = set(), {}, {}
+
+
+@pytest.mark.parametrize(("zeroed", "expected"), [
+    (None, 100),          # nothing removed: the recorded latency
+    ("b", 70),            # b's own 30 ns gone, sequential: c starts earlier
+    ("c", 60),            # c's 40 ns gone
+    ("a", 70),            # the root's own time: 10 + 10 + 10
+])
+def test_what_if_replays_a_sequential_trace(zeroed: str | None, expected: int) -> None:
+    tree = span_tree([span("a", None, 0, 100), span("b", "a", 10, 40), span("c", "a", 50, 90)])
+    labeller = _AllApp()
+    assert projected_duration_ns(tree, labeller, lambda s: s.span_id == zeroed) == expected
+
+
+def test_what_if_lets_a_parallel_branch_become_critical() -> None:
+    """b and c run side by side; removing c's own time makes b the longest: the trace ends with b, not 40 ns
+    earlier as subtracting c's path time would say."""
+    tree = span_tree([span("a", None, 0, 100), span("b", "a", 10, 80), span("c", "a", 10, 90),
+                      span("c1", "c", 20, 30)])
+    labeller = _AllApp()
+    assert projected_duration_ns(tree, labeller, lambda s: s.span_id == "c") == 90
+    assert projected_duration_ns(tree, labeller, lambda s: s.span_id in ("b", "c")) == 30
