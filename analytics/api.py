@@ -14,9 +14,11 @@ from pydantic import BaseModel, Field
 from hopscope.analytics import rollup
 from hopscope.analytics.aggregates import COMPONENTS, GROUP_KEYS, hop_groups, ms
 from hopscope.analytics.classify import Classifier
+from hopscope.analytics.critical_path_store import offsets_for
 from hopscope.analytics.follower import SPAN_FIELDS
 from hopscope.analytics.hops import HopBreakdown, TraceHops
 from hopscope.analytics.params import SINCE_HELP, checked_trace_id, window
+from hopscope.analytics.skew import correct_clock_skew
 from hopscope.analytics.sql import SqlBusy, SqlRefused, SqlRunner
 from hopscope.analytics.timerange import duration_ns
 from hopscope.analytics.trace_lookup import trace_spans
@@ -44,12 +46,17 @@ def hops_router(cursor: Callable[[], duckdb.DuckDBPyConnection], classifier: Cla
     router = APIRouter(prefix="/api/v1", tags=["hops"])
 
     @router.get("/traces/{trace_id}/hops", summary="Every hop of one trace, its latency split into components")
-    def trace_hops(trace_id: str) -> dict[str, Any]:
-        spans = trace_spans(cursor(), checked_trace_id(trace_id), SPAN_FIELDS)
+    def trace_hops(trace_id: str, skew: str = Query("corrected", pattern="^(raw|corrected)$",
+                                                    description="instants on the root's clock, or as sent")
+                   ) -> dict[str, Any]:
+        db = cursor()
+        spans = trace_spans(db, checked_trace_id(trace_id), SPAN_FIELDS)
         if not spans:
             raise HTTPException(404, f"no spans for trace {trace_id}")
+        # components are durations on one host (skew-free); only the hops' start instants move
+        spans, report = correct_clock_skew(spans, offsets_for(db, spans) if skew == "corrected" else None)
         hops = TraceHops(spans, classifier).hops()
-        return {"trace_id": trace_id, "span_count": len(spans), "hops": [hop_json(h) for h in hops]}
+        return {"trace_id": trace_id, "span_count": len(spans), "hops": [hop_json(h) for h in hops], "skew": report}
 
     @router.get("/hops/summary", summary="Per edge, caller, callee or node pair: count, error rate, exact "
                                          "p50/p95/p99 of the total and of every component, each component's share")

@@ -2,9 +2,10 @@
 in the write path).
 
 Every pass: find the traces that received spans past the watermark (`spans.rowid`, which only grows: ingest never
-deletes), remember when each was last touched, and recompute the hops of every trace that has been quiet for the
-settle window — Envoy flushes its spans every 5 s, so a trace is complete only after a quiet spell. A late span
-makes its trace dirty again and its hops are recomputed. The watermark persisted is the lowest rowid of any trace
+deletes), remember when each was last touched, and recompute the hops (and the critical paths,
+critical_path_store.py) of every trace that has been quiet for the settle window — Envoy flushes its spans every
+5 s, so a trace is complete only after a quiet spell. A late span makes its trace dirty again and its hops are
+recomputed. The watermark persisted is the lowest rowid of any trace
 still waiting, so a restart re-discovers exactly the unsettled traces.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from hopscope.analytics import rollup
+from hopscope.analytics import critical_path_store, rollup
 from hopscope.analytics.classify import Classifier
 from hopscope.analytics.hops import TraceHops
 from hopscope.analytics.schema import (
@@ -35,7 +36,7 @@ from hopscope.analytics.trace_lookup import span_from_row
 log = logging.getLogger("hopscope.analytics")
 
 SPAN_FIELDS = ("trace_id", "span_id", "parent_span_id", "name", "kind", "start_ns", "end_ns", "status_code",
-                "service_name", "scope_name", "http_status_code", "attributes", "resource_attributes")
+                "service_name", "scope_name", "http_status_code", "attributes", "resource_attributes", "links")
 # rowid ranges let DuckDB skip every row group outside them: a pass reads the recent spans, not the whole table
 _SELECT_TRACES = (f"SELECT {', '.join(SPAN_FIELDS)} FROM spans WHERE rowid BETWEEN ? AND ? "
                   "AND trace_id IN (SELECT unnest(?::VARCHAR[]))")
@@ -59,6 +60,8 @@ class HopFollower:
         self._db.execute(FOLLOWER_DDL)
         self._db.execute(TRACE_ROWIDS_DDL)
         rollup.create(self._db)
+        critical_path_store.create(self._db)
+        self.paths = critical_path_store.CriticalPathKeeper(classifier)  # critical paths, same settle window
         row = self._db.execute("SELECT span_rowid FROM hopscope_hops_watermark").fetchone()
         self._watermark = int(row[0]) if row else -1
         self.hops_written = 0
@@ -136,6 +139,7 @@ class HopFollower:
             self._db.execute("INSERT INTO hops SELECT * FROM fresh_hops")
             self._db.unregister("fresh_hops")
             rollup.refresh_minutes(self._db, sorted(minutes))
+            self.paths.update(self._db, traces)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")

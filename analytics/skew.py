@@ -71,14 +71,29 @@ def _pod_in_node_id(span: Span) -> str | None:
 
 
 def trace_domains(spans: Iterable[Span]) -> dict[str, str]:
-    """span id → clock domain, for one trace."""
+    """span id → clock domain, for one trace (see the module docstring)."""
     spans = list(spans)
     pod_nodes: dict[str, str] = {}
     for span in spans:
         resource = span.get("resource_attributes") or {}
         if resource.get("k8s.pod.name") and resource.get("k8s.node.name"):
             pod_nodes[str(resource["k8s.pod.name"])] = str(resource["k8s.node.name"])
-    return {span["span_id"]: clock_domain(span, pod_nodes) for span in spans}
+    own = {span["span_id"]: clock_domain(span, pod_nodes) for span in spans}
+    by_id = {span["span_id"]: span for span in spans}
+
+    def inherited(span: Span) -> str:
+        # a span naming only its service (Envoy's attempt spans carry no node_id) runs in the process of a parent
+        # from the same service: it shares that parent's clock
+        seen = set()
+        while own[span["span_id"]].startswith("service:") and span["span_id"] not in seen:
+            seen.add(span["span_id"])
+            parent = by_id.get(span.get("parent_span_id") or "")
+            if parent is None or parent.get("service_name") != span.get("service_name"):
+                break
+            span = parent
+        return own[span["span_id"]]
+
+    return {span["span_id"]: inherited(span) for span in spans}
 
 
 def is_follows_from(span: Span) -> bool:

@@ -11,7 +11,9 @@ from fastapi import APIRouter, HTTPException, Query
 
 from hopscope.analytics.aggregates import ms
 from hopscope.analytics.classify import Classifier
+from hopscope.analytics.critical_path_store import offsets_for
 from hopscope.analytics.params import SINCE_HELP, checked_trace_id, window
+from hopscope.analytics.skew import correct_clock_skew
 from hopscope.analytics.trace_lookup import trace_spans
 
 _SERVICES = """
@@ -76,10 +78,15 @@ def traces_router(cursor: Callable[[], duckdb.DuckDBPyConnection], classifier: C
                            for trace_id, start, duration, count, error, root_service, root_name in rows]}
 
     @router.get("/traces/{trace_id}", summary="One trace's spans, with the mesh role hopscope gave each")
-    def trace(trace_id: str, limit: int = Query(10_000, ge=1, le=100_000)) -> dict[str, Any]:
-        spans = trace_spans(cursor(), checked_trace_id(trace_id), _TRACE_COLUMNS, limit)
+    def trace(trace_id: str, limit: int = Query(10_000, ge=1, le=100_000),
+              skew: str = Query("corrected", pattern="^(raw|corrected)$",
+                                description="start instants on the root's clock (raw_start_unix_us keeps what "
+                                            "arrived), or as sent")) -> dict[str, Any]:
+        db = cursor()
+        spans = trace_spans(db, checked_trace_id(trace_id), _TRACE_COLUMNS, limit)
         if not spans:
             raise HTTPException(404, f"no spans for trace {trace_id}")
+        spans, report = correct_clock_skew(spans, offsets_for(db, spans) if skew == "corrected" else None)
         out = []
         for span in spans:
             out.append({"span_id": span["span_id"], "parent_span_id": span["parent_span_id"], "name": span["name"],
@@ -88,6 +95,9 @@ def traces_router(cursor: Callable[[], duckdb.DuckDBPyConnection], classifier: C
                         "duration_ms": ms(span["end_ns"] - span["start_ns"]), "status_code": span["status_code"],
                         "status_message": span["status_message"], "http_status_code": span["http_status_code"],
                         "pod": span["k8s_pod"], "node": span["k8s_node"], "attributes": span["attributes"]})
-        return {"trace_id": trace_id, "span_count": len(out), "spans": out}
+            if "raw_start_ns" in span:
+                out[-1]["raw_start_unix_us"] = span["raw_start_ns"] // 1000
+                out[-1]["clock_domain"] = span["clock_domain"]
+        return {"trace_id": trace_id, "span_count": len(out), "spans": out, "skew": report}
 
     return router

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from hopscope import __version__
 from hopscope.analytics.api import hops_router, sql_router
 from hopscope.analytics.classify import Classifier
+from hopscope.analytics.critical_path_api import critical_path_router
 from hopscope.analytics.sql import SqlRunner
 from hopscope.analytics.traces_api import traces_router
 from hopscope.collector.health_api import health_router
@@ -37,6 +38,7 @@ def build_api(is_ready: Callable[[], bool], metrics: IngestMetrics,
     app.include_router(health_router(is_ready, metrics))
     app.include_router(hops_router(cursor, classifier))
     app.include_router(traces_router(cursor, classifier))
+    app.include_router(critical_path_router(cursor, classifier))
     app.include_router(sql_router(SqlRunner(cursor), sql_token, exposed))
 
     @app.exception_handler(HTTPException)

@@ -1,4 +1,5 @@
-"""`hopscope rebuild`: recompute the derived relations (`hops`) from `spans`, e.g. after a rule change.
+"""`hopscope rebuild`: recompute the derived relations (`hops`, `critical_path`, `clock_offsets`, …) from
+`spans`, e.g. after a rule change.
 
 Runs on a stopped service's file (DuckDB's single-writer lock makes that a requirement, and a clear error when it
 is not met)."""
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from hopscope.analytics import critical_path_store
 from hopscope.analytics.classify import Classifier, load_rules
 from hopscope.analytics.follower import HopFollower
 from hopscope.collector.store import DatabaseInUse, SpanStore
@@ -24,7 +26,7 @@ def run_rebuild(arguments: argparse.Namespace) -> int:
         return 1
     try:
         cursor = store.cursor()
-        for table in ("hops", "trace_rowids", "hopscope_hops_watermark"):
+        for table in ("hops", "trace_rowids", "hopscope_hops_watermark", *critical_path_store.TABLES):
             cursor.execute(f"DROP TABLE IF EXISTS {table}")
         follower = HopFollower(store.cursor, classifier, settle_seconds=0.0)
         started = time.monotonic()
@@ -32,7 +34,8 @@ def run_rebuild(arguments: argparse.Namespace) -> int:
         while follower.step(1e9):
             print(f"rebuild: {follower.hops_written:,} hops ({time.monotonic() - started:.0f} s)", flush=True)
         store.checkpoint()
-        print(f"rebuild: done, {follower.hops_written:,} hops in {time.monotonic() - started:.1f} s")
+        print(f"rebuild: done, {follower.hops_written:,} hops and {follower.paths.paths_written:,} critical paths "
+              f"in {time.monotonic() - started:.1f} s")
     finally:
         store.close()
     return 0

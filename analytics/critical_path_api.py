@@ -1,0 +1,195 @@
+"""REST routes of the critical path (DESIGN §5): one trace's path, its share per service and component across the
+traces of an endpoint at p50/p95/p99, and what-if projections. Units per DESIGN §6."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import duckdb
+from fastapi import APIRouter, HTTPException, Query
+
+from hopscope.analytics.aggregates import ms
+from hopscope.analytics.classify import Classifier
+from hopscope.analytics.critical_path_store import offsets_for
+from hopscope.analytics.follower import SPAN_FIELDS
+from hopscope.analytics.params import SINCE_HELP, checked_trace_id, window
+from hopscope.analytics.path_labels import COMPONENTS, Segment
+from hopscope.analytics.skew import OffsetWindows, trace_pair_bounds
+from hopscope.analytics.trace_lookup import span_from_row, trace_spans
+from hopscope.analytics.trace_path import TracePath, trace_path
+from hopscope.analytics.what_if import projected_duration_ns
+
+SKEW_HELP = "corrected (default): every clock domain moved onto the root's clock; raw: as the spans arrived"
+SKEW = Query("corrected", pattern="^(raw|corrected)$", description=SKEW_HELP)
+QUANTILES = (50, 95, 99)
+AT_PN = ("the traces at pN are those whose nearest-rank position by end-to-end latency lies between p(N-band) and "
+         "p(N+band) inclusive (band in percentile points); shares are their summed critical-path time per service "
+         "or component over their summed latency")
+
+_ENDPOINT = ("start_ns >= ? AND start_ns < ? AND (? IS NULL OR root_service = ?) "
+             "AND (? IS NULL OR root_operation = ?)")
+_COUNT = f"SELECT count(*) FROM critical_path_traces WHERE {_ENDPOINT}"
+# One row per (quantile, service, component): the band's traces joined to their stored path sections.
+_SUMMARY = f"""
+WITH t AS (
+    SELECT trace_id, duration_ns, row_number() OVER (ORDER BY duration_ns, trace_id) AS rn, count(*) OVER () AS n
+    FROM critical_path_traces WHERE {_ENDPOINT}
+), band AS (
+    SELECT q, trace_id, duration_ns FROM t, (SELECT unnest(?::INTEGER[]) AS q)
+    WHERE rn BETWEEN greatest(1, ceil((q - ?) / 100.0 * n)) AND least(n, ceil((q + ?) / 100.0 * n))
+), per_band AS (
+    SELECT q, count(*) AS traces, sum(duration_ns) AS total_ns, min(duration_ns) AS low_ns, max(duration_ns) AS high_ns
+    FROM band GROUP BY q
+)
+SELECT b.q, p.traces, p.total_ns, p.low_ns, p.high_ns, c.service, c.component, sum(c.duration_ns) AS ns
+FROM band b JOIN critical_path c USING (trace_id) JOIN per_band p USING (q)
+GROUP BY ALL ORDER BY b.q, ns DESC"""
+_NEAREST = f"""
+WITH t AS (
+    SELECT duration_ns, row_number() OVER (ORDER BY duration_ns, trace_id) AS rn, count(*) OVER () AS n
+    FROM critical_path_traces WHERE {_ENDPOINT}
+)
+SELECT q, duration_ns FROM t, (SELECT unnest(?::INTEGER[]) AS q) WHERE rn = greatest(1, ceil(q / 100.0 * n))"""
+
+
+def path_json(path: TracePath, names: dict[str, str]) -> dict[str, Any]:
+    by_service: dict[str, int] = defaultdict(int)
+    by_component: dict[str, int] = defaultdict(int)
+    for (service, component), ns in path.totals().items():
+        by_service[service or "(untraced)"] += ns
+        by_component[component] += ns
+    return {
+        "trace_id": path.trace_id, "root_service": path.root_service, "root_operation": path.root_operation,
+        "start_unix_us": path.start_ns // 1000, "end_unix_us": path.end_ns // 1000,
+        "duration_ms": ms(path.duration_ns), "skew": path.skew_report,
+        "sections": [_section_json(s, names) for s in path.segments],
+        "totals": {"by_service_ms": {k: ms(v) for k, v in sorted(by_service.items(), key=lambda i: -i[1])},
+                   "by_component_ms": {c: ms(by_component.get(c, 0)) for c in COMPONENTS},
+                   "by_service_component": [{"service": s, "component": c, "duration_ms": ms(v)}
+                                            for (s, c), v in sorted(path.totals().items(), key=lambda i: -i[1])]},
+        "flags": [{"span_id": span_id, "flag": text} for span_id, text in path.flags()],
+    }
+
+
+def _section_json(segment: Segment, names: dict[str, str]) -> dict[str, Any]:
+    return {"span_id": segment.span_id, "name": names.get(segment.span_id or ""), "service": segment.service,
+            "component": segment.component, "start_unix_us": segment.start_ns // 1000,
+            "end_unix_us": segment.end_ns // 1000, "duration_ms": ms(segment.duration_ns)}
+
+
+def _traces_spans(db: duckdb.DuckDBPyConnection, trace_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Many traces' spans at once, read by their recorded rowid span (no table scan)."""
+    low, high = db.execute("SELECT min(first_rowid), max(last_rowid) FROM trace_rowids WHERE trace_id IN "
+                           "(SELECT unnest(?::VARCHAR[]))", [trace_ids]).fetchone()
+    if low is None:
+        return {}
+    rows = db.execute(f"SELECT {', '.join(SPAN_FIELDS)} FROM spans WHERE rowid BETWEEN ? AND ? AND trace_id IN "
+                      "(SELECT unnest(?::VARCHAR[]))", [low, high, trace_ids]).fetchall()
+    traces: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        span = span_from_row(SPAN_FIELDS, row)
+        traces[span["trace_id"]].append(span)
+    return traces
+
+
+def _nearest_rank(values: list[int], q: int) -> int | None:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)] if ordered else None
+
+
+def critical_path_router(cursor: Callable[[], duckdb.DuckDBPyConnection], classifier: Classifier) -> APIRouter:
+    router = APIRouter(prefix="/api/v1", tags=["critical path"])
+
+    @router.get("/traces/{trace_id}/critical-path", summary="One trace's critical path: sections labelled with "
+                                                            "service and mesh component, totals, skew applied")
+    def trace_critical_path(trace_id: str, skew: str = SKEW) -> dict[str, Any]:
+        db = cursor()
+        spans = trace_spans(db, checked_trace_id(trace_id), SPAN_FIELDS)
+        if not spans:
+            raise HTTPException(404, f"no spans for trace {trace_id}")
+        offsets = offsets_for(db, spans) if skew == "corrected" else None
+        path = trace_path(spans, classifier, offsets)
+        return path_json(path, {s["span_id"]: s["name"] for s in spans})
+
+    @router.get("/critical-path/summary", summary="Across an endpoint's traces: the share of critical-path time "
+                                                  "per service and per component at the p50/p95/p99 traces")
+    def summary(service: str | None = Query(None, description="the root span's service"),
+                operation: str | None = Query(None, description="the root span's name"),
+                since: str = Query("1h", description=SINCE_HELP), until: str | None = Query(None),
+                band: float = Query(1.0, ge=0, le=10, description="percentile points each side of pN")
+                ) -> dict[str, Any]:
+        low, high = window(since, until)
+        db = cursor()
+        filters = [low, high, service, service, operation, operation]
+        rows = db.execute(_SUMMARY, [*filters, list(QUANTILES), band, band]).fetchall()
+        latency = dict(db.execute(_NEAREST, [*filters, list(QUANTILES)]).fetchall())
+        count = db.execute(_COUNT, filters).fetchone()[0]
+        out: dict[int, dict[str, Any]] = {}
+        for q, traces, total, low_ns, high_ns, svc, component, ns in rows:
+            entry = out.setdefault(q, {"quantile": f"p{q}", "latency_ms": ms(latency.get(q)), "traces": traces,
+                                       "band_ms": [ms(low_ns), ms(high_ns)], "path_ms_summed": ms(total),
+                                       "by_component": defaultdict(float), "by_service": defaultdict(float),
+                                       "by_service_component": []})
+            share = float(ns) / float(total) if total else 0.0
+            entry["by_component"][component] += share
+            entry["by_service"][svc or "(untraced)"] += share
+            entry["by_service_component"].append({"service": svc, "component": component,
+                                                  "share": round(share, 6), "mean_ms": ms(ns / traces)})
+        quantiles = []
+        for q in QUANTILES:
+            if q in out:
+                entry = out[q]
+                entry["by_component"] = {c: round(entry["by_component"].get(c, 0.0), 6) for c in COMPONENTS}
+                entry["by_service"] = {k: round(v, 6) for k, v in
+                                       sorted(entry["by_service"].items(), key=lambda i: -i[1])}
+                quantiles.append(entry)
+        return {"service": service, "operation": operation, "since_unix_us": low // 1000,
+                "until_unix_us": high // 1000, "traces": count, "band_percentile_points": band, "at_pN": AT_PN,
+                "skew": "corrected", "quantiles": quantiles}
+
+    @router.get("/what-if", summary="Projected end-to-end latency if one component (optionally of one service) "
+                                    "took no time, replayed on each trace")
+    def what_if(component: str = Query(..., pattern=f"^({'|'.join(COMPONENTS)})$"),
+                component_service: str | None = Query(None, description="only this service's time of the component "
+                                                                        "(e.g. one service's sidecar: proxy)"),
+                service: str | None = Query(None, description="the endpoint: root span's service"),
+                operation: str | None = Query(None, description="the endpoint: root span's name"),
+                since: str = Query("1h", description=SINCE_HELP), until: str | None = Query(None),
+                max_traces: int = Query(2000, ge=1, le=20_000, description="replay at most this many traces, a "
+                                                                           "uniform sample by trace id hash")
+                ) -> dict[str, Any]:
+        low, high = window(since, until)
+        db = cursor()
+        filters = [low, high, service, service, operation, operation]
+        total = db.execute(_COUNT, filters).fetchone()[0]
+        ids = [r[0] for r in db.execute(
+            f"SELECT trace_id FROM critical_path_traces WHERE {_ENDPOINT} ORDER BY hash(trace_id) LIMIT ?",
+            [*filters, max_traces]).fetchall()]
+        traces = _traces_spans(db, ids) if ids else {}
+        windows = OffsetWindows(db, low, high)
+
+        def removed(segment: Segment) -> bool:
+            return segment.component == component and (component_service is None
+                                                       or segment.service == component_service)
+
+        actual, projected = [], []
+        for spans in traces.values():
+            start = min(int(s["start_ns"]) for s in spans)
+            offsets = windows.at(start)
+            offsets.add(trace_pair_bounds(spans))
+            path = trace_path(spans, classifier, offsets)
+            actual.append(path.duration_ns)
+            projected.append(projected_duration_ns(path.tree, path.labeller, removed))
+        return {"service": service, "operation": operation, "component": component,
+                "component_service": component_service, "since_unix_us": low // 1000, "until_unix_us": high // 1000,
+                "traces": total, "replayed": len(actual), "sampled": len(actual) < total,
+                "latency_ms": {f"p{q}": ms(_nearest_rank(actual, q)) for q in QUANTILES},
+                "projected_ms": {f"p{q}": ms(_nearest_rank(projected, q)) for q in QUANTILES},
+                "mean_saving_ms": ms((sum(actual) - sum(projected)) / len(actual)) if actual else None,
+                "method": "each trace replayed on its span tree with the component's time removed "
+                          "(docs/critical-path.md, 'What if'); percentiles nearest-rank over the replayed traces"}
+
+    return router
