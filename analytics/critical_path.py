@@ -173,9 +173,12 @@ def critical_path(records: Iterable[PathSpan] | SpanTree) -> list[Section]:
     while stack:
         frame = stack[-1]
         span_id, point = frame
-        if span_id not in candidates:
-            candidates[span_id] = _Candidates(tree, span_id)
-        child = candidates[span_id].pick(point)
+        if span_id not in tree.children:  # a leaf: most spans
+            child = None
+        else:
+            if span_id not in candidates:
+                candidates[span_id] = _Candidates(tree, span_id)
+            child = candidates[span_id].pick(point)
         if child is None:
             start = tree.start[span_id]
             if point > start:
