@@ -88,7 +88,6 @@ class MeshLab:
         if missing:
             raise LabError("a mesh lab needs " + ", ".join(missing))
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.workdir.chmod(0o755)   # the sidecars run as uid 1337 and read their configuration here
         network.build(self.spec)
         return self
 
@@ -137,12 +136,12 @@ class MeshLab:
             *calls, *(["--parallel"] if pod.parallel else [])))
 
     def _start_sidecar(self, pod: LabPod, otlp_host: str, otlp_port: int) -> None:
-        config = self.workdir / f"sidecar-{pod.service}.yaml"
-        config.write_text(yaml.safe_dump(sidecar_bootstrap(self.spec, pod, otlp_host, otlp_port), sort_keys=False))
-        config.chmod(0o644)
+        config = yaml.safe_dump(sidecar_bootstrap(self.spec, pod, otlp_host, otlp_port), sort_keys=False)
+        (self.workdir / f"sidecar-{pod.service}.yaml").write_text(config)   # for reading; Envoy gets it inline,
+        # because as uid 1337 it may not be allowed into the work folder (pytest's are root-only)
         self._spawn(f"envoy-{pod.service}", netns_of_pod(pod), [
             "setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups", "--",
-            self.envoy, "-c", str(config), "--concurrency", "1", "--disable-hot-restart", "--log-level", "warn"],
+            self.envoy, "--config-yaml", config, "--concurrency", "1", "--disable-hot-restart", "--log-level", "warn"],
             stdout_name=f"envoy-{pod.service}.access.jsonl")
 
     def _wait_ready(self) -> None:
