@@ -94,18 +94,46 @@ BUILT_IN_RULES: tuple[Rule, ...] = (
 )
 
 
+MEMO_SIZE = 65_536  # distinct combinations of the fields the rules read; cleared when full
+
+
 class Classifier:
+    """The rule table, memoised: a span's role depends only on the fields the rules read, and a trace's spans repeat
+    a few dozen combinations of them (one per proxy and direction, one per app span kind), so each combination is
+    matched once. `role_by_rules` is the reference the memo is checked against (tests/test_classify.py)."""
+
     def __init__(self, rules: Sequence[Rule] = BUILT_IN_RULES) -> None:
         for rule in rules:
             if rule.role not in ROLES:
                 raise ValueError(f"rule {rule.why or rule.conditions!r}: unknown role {rule.role!r}; one of {ROLES}")
         self.rules = tuple(rules)
+        fields = dict.fromkeys(field for rule in self.rules for field, _, _ in rule.conditions)
+        self._attribute_keys = tuple(f[len("attribute."):] for f in fields if f.startswith("attribute."))
+        self._resource_keys = tuple(f[len("resource."):] for f in fields if f.startswith("resource."))
+        self._top_keys = tuple("scope_name" if f == "scope" else f for f in fields
+                               if not f.startswith(("attribute.", "resource.")))
+        self._memo: dict[tuple, str] = {}
 
-    def role(self, span: Mapping[str, Any]) -> str:
+    def role_by_rules(self, span: Mapping[str, Any]) -> str:
         for rule in self.rules:
             if rule.matches(span):
                 return rule.role
         return "app_internal"
+
+    def role(self, span: Mapping[str, Any]) -> str:
+        try:  # the key holds exactly what _value() would read for each field the rules name
+            key = (tuple(map((span.get("attributes") or {}).get, self._attribute_keys)),
+                   tuple(map((span.get("resource_attributes") or {}).get, self._resource_keys)),
+                   tuple(map(span.get, self._top_keys)))
+            role = self._memo.get(key)
+        except (TypeError, AttributeError):  # an unhashable value (a list attribute), or maps that are not dicts
+            return self.role_by_rules(span)
+        if role is None:
+            role = self.role_by_rules(span)
+            if len(self._memo) >= MEMO_SIZE:
+                self._memo.clear()
+            self._memo[key] = role
+        return role
 
 
 def load_rules(path: Path) -> Classifier:

@@ -1,0 +1,67 @@
+"""The memoised classifier against its own rule scan: every span of every simulated mesh, and random spans built
+from the values the rules look at (plus unhashable ones, which bypass the memo), get the role the rules give."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from hopscope.analytics.classify import BUILT_IN_RULES, Classifier, Rule
+from hopscope.instrumentation.meshsim import Options
+from tests.test_skew import _traces
+
+
+@pytest.mark.parametrize(("topology", "options"), [
+    ("bookinfo", Options(spawn_upstream_span=True)), ("bookinfo", Options()), ("shop", Options(ebpf_spans=True)),
+    ("bookinfo", Options(mesh="linkerd")), ("shop", Options(mesh="ambient")), ("bookinfo", Options(mesh="ambient-l4")),
+])
+def test_memoised_roles_equal_the_rule_scan_on_simulated_meshes(topology: str, options: Options) -> None:
+    traces, _, _ = _traces(topology, options, requests=40)
+    classifier = Classifier()
+    spans = [span for spans in traces.values() for span in spans]
+    assert [classifier.role(s) for s in spans] == [classifier.role_by_rules(s) for s in spans]
+    assert len(classifier._memo) < len(spans) // 4, "roles repeat: the memo holds far fewer keys than spans"
+
+
+_VALUES = {
+    "attribute.hopscope.layer": ["iptables", "network", "proxy", "app", "other", 1, None],
+    "attribute.node_id": ["router~10.0.0.1~gw.istio-system~x", "sidecar~10.0.0.2~reviews-v1-a.default~y", None, 7],
+    "attribute.upstream_cluster": ["outbound|9080||reviews", "inbound|9080||", "inbound-vip|80|http|x", "", None],
+    "attribute.direction": ["outbound", "inbound", None],
+    "resource.telemetry.sdk.name": ["envoy", "opentelemetry", None],
+    "resource.k8s.container.name": ["linkerd-proxy", "app", None],
+    "name": ["router outbound|9080||reviews egress", "GET /", "router x", None],
+    "kind": ["SERVER", "CLIENT", "INTERNAL", "PRODUCER", "CONSUMER", None],
+    "scope_name": ["envoy", "my.scope", None],
+}
+
+
+def _random_span(rng: random.Random) -> dict:
+    span: dict = {"attributes": {}, "resource_attributes": {}}
+    for field, values in _VALUES.items():
+        value = rng.choice(values)
+        if value is None and rng.random() < 0.5:
+            continue  # absent rather than null
+        if field.startswith("attribute."):
+            span["attributes"][field[len("attribute."):]] = value
+        elif field.startswith("resource."):
+            span["resource_attributes"][field[len("resource."):]] = value
+        else:
+            span[field] = value
+    if rng.random() < 0.05:
+        span["attributes"]["hopscope.layer"] = ["iptables"]  # unhashable: classified by the scan
+    if rng.random() < 0.05:
+        span["attributes"] = None
+    return span
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_memoised_roles_equal_the_rule_scan_on_random_spans(seed: int) -> None:
+    rng = random.Random(seed)
+    user_rules = (Rule("proxy_outbound", (("scope", "eq", "my.scope"), ("attribute.direction", "exists", None))),
+                  Rule("layer_app", (("resource.k8s.container.name", "prefix", "ap"),)))
+    for classifier in (Classifier(), Classifier((*user_rules, *BUILT_IN_RULES))):
+        spans = [_random_span(rng) for _ in range(2_000)]
+        assert [classifier.role(s) for s in spans] == [classifier.role_by_rules(s) for s in spans]
+        assert [classifier.role(s) for s in spans] == [classifier.role_by_rules(s) for s in spans]  # from the memo
