@@ -9,6 +9,8 @@ import sys
 
 from hopscope import __version__
 from hopscope.collector.settings import SettingsError, add_setting_arguments, resolve_settings
+from hopscope.meshlab import EPILOG as MESH_LAB_EPILOG
+from hopscope.meshlab import add_mesh_lab_arguments, run_mesh_lab
 from hopscope.query import add_api_arguments, run_breakdown, run_sql
 from hopscope.rebuild import run_rebuild
 from hopscope.simulate import add_simulation_arguments, demo_feeder, run_simulate, simulation_setup
@@ -85,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
                                               "DuckDB lets one process write a file.")
     rebuild.add_argument("--db", default="./hopscope.duckdb", help="the database file (default ./hopscope.duckdb)")
     rebuild.add_argument("--rules", default=None, help="YAML/JSON classification rules tried before the built-ins")
+
+    mesh_lab = commands.add_parser("mesh-lab", help="a real Envoy sidecar mesh on this machine feeding hopscope",
+                                   description="Bring up a real sidecar mesh in network namespaces (Envoy 1.40, "
+                                               "Istio's iptables rules, instrumented apps, injected delays), feed "
+                                               "a hopscope serve with it, and print injected vs recovered latency. "
+                                               "Everything it makes is removed when it stops.",
+                                   epilog=MESH_LAB_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_mesh_lab_arguments(mesh_lab)
     return parser
 
 
@@ -102,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_breakdown(arguments)
     if arguments.command == "rebuild":
         return run_rebuild(arguments)
+    if arguments.command == "mesh-lab":
+        return run_mesh_lab(arguments)
     try:
         settings = resolve_settings(vars(arguments), os.environ)
     except SettingsError as exc:

@@ -18,7 +18,7 @@ def add_api_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", default=None, help="SQL token, when the service was started with --sql-token")
 
 
-def _call(url: str, body: dict[str, Any] | None = None, token: str | None = None) -> dict[str, Any]:
+def call_api(url: str, body: dict[str, Any] | None = None, token: str | None = None) -> dict[str, Any]:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
     if token:
@@ -49,7 +49,7 @@ def _numeric(text: str) -> bool:
 
 
 def run_sql(arguments: argparse.Namespace) -> int:
-    result = _call(f"{arguments.api}/api/v1/sql", {"sql": arguments.statement, "max_rows": arguments.max_rows},
+    result = call_api(f"{arguments.api}/api/v1/sql", {"sql": arguments.statement, "max_rows": arguments.max_rows},
                    arguments.token)
     print(format_table(result["columns"], result["rows"]))
     note = " (truncated: raise --max-rows or add LIMIT)" if result["truncated"] else ""
@@ -60,7 +60,7 @@ def run_sql(arguments: argparse.Namespace) -> int:
 def run_breakdown(arguments: argparse.Namespace) -> int:
     query = {"since": arguments.since, "group_by": "edge"}
     query.update({k: v for k, v in (("caller", arguments.caller), ("callee", arguments.callee)) if v})
-    summary = _call(f"{arguments.api}/api/v1/hops/summary?{urllib.parse.urlencode(query)}")
+    summary = call_api(f"{arguments.api}/api/v1/hops/summary?{urllib.parse.urlencode(query)}")
     columns = ["caller", "callee", "hops", "err %", "p50 ms", "p99 ms", *[f"{c} p50" for c in COMPONENTS],
                "proxy+ipt share"]
     rows = []

@@ -3,6 +3,8 @@ scripting hopscope. Ports default to 0 (free ones); the real ones are read from 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import re
 import signal
@@ -13,6 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _ENDPOINT = re.compile(r"^\s+(otlp-grpc|otlp-http|api)\s+(\S+)")
+
+
+def _stop_with_parent() -> None:
+    """In the child before exec: when whoever started serve dies, even by SIGKILL, serve gets SIGTERM and stops
+    cleanly instead of lingering on its ports (a killed test run or `hopscope mesh-lab`)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -29,7 +38,9 @@ class ServeProcess:
         log = open(self.log_path, "a") if self.log_path else None  # noqa: SIM115 - closed once the child has it
         try:
             self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log or subprocess.DEVNULL, text=True,
-                                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                            preexec_fn=_stop_with_parent,
+                                            start_new_session=True)  # a terminal's Ctrl-C is for our caller
         finally:
             if log is not None:
                 log.close()

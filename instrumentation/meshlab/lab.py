@@ -33,16 +33,13 @@ from hopscope.instrumentation.meshlab.network import (
     INTERCEPT_QUEUE,
     PROXY_UID,
     SAME_NODE_QUEUE,
+    LabError,
     netns_of_node,
     netns_of_pod,
 )
 from hopscope.instrumentation.meshlab.spec import APP_PORT, HOST_ADDRESS, LabPod, LabSpec
 
 READY_TIMEOUT_S = 30.0
-
-
-class LabError(RuntimeError):
-    """The lab cannot run here or did not come up; the message says what to do."""
 
 
 def find_envoy() -> str:
@@ -83,7 +80,8 @@ class MeshLab:
         self.envoy = envoy or find_envoy()
         self.running: list[_Running] = []
 
-    def __enter__(self) -> MeshLab:
+    def up(self) -> MeshLab:
+        """Build the network; refuses, touching nothing, while another lab's namespaces exist."""
         missing = missing_requirements()
         if missing:
             raise LabError("a mesh lab needs " + ", ".join(missing))
@@ -91,11 +89,18 @@ class MeshLab:
         network.build(self.spec)
         return self
 
-    def __exit__(self, *_: object) -> None:
+    def down(self) -> None:
+        """Stop every process and delete every namespace, whatever state the lab is in."""
         try:
             self.stop()
         finally:
             network.teardown()
+
+    def __enter__(self) -> MeshLab:
+        return self.up()
+
+    def __exit__(self, *_: object) -> None:
+        self.down()
 
     # -- processes ---------------------------------------------------------------------------------------------
 

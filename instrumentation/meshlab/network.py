@@ -36,8 +36,8 @@ PROXY_UID = 1337                      # Istio's istio-proxy user: its own traffi
 INBOUND_PASSTHROUGH = "127.0.0.6"     # Istio's inbound clusters connect to the app from here
 
 
-class LabNetworkError(RuntimeError):
-    """A command that builds the lab failed; the message carries the command and what it printed."""
+class LabError(RuntimeError):
+    """The lab cannot run here, or did not come up; the message says what failed and what to do."""
 
 
 def netns_of_node(node: str) -> str:
@@ -55,7 +55,7 @@ def _interface(prefix: str, name: str) -> str:
 def run(command: list[str], stdin: str | None = None) -> str:
     completed = subprocess.run(command, input=stdin, capture_output=True, text=True)
     if completed.returncode != 0:
-        raise LabNetworkError(f"`{' '.join(command)}` failed ({completed.returncode}): "
+        raise LabError(f"`{' '.join(command)}` failed ({completed.returncode}): "
                               f"{completed.stderr.strip() or completed.stdout.strip()}")
     return completed.stdout
 
@@ -69,8 +69,8 @@ def build(spec: LabSpec) -> None:
     """Make the whole network; on any failure remove what was made and raise."""
     leftovers = existing_namespaces()
     if leftovers:
-        raise LabNetworkError(f"namespaces of an earlier lab still exist ({', '.join(leftovers)}); "
-                              "remove them with `hopscope mesh-lab --teardown`")
+        raise LabError(f"namespaces of an earlier lab still exist ({', '.join(leftovers)}); "
+                              "is another mesh-lab running? If not, remove them with `hopscope mesh-lab --teardown`")
     try:
         _build(spec)
     except BaseException:

@@ -28,8 +28,9 @@ import pytest
 
 from hopscope.instrumentation.meshlab import DEFAULT_LAB, LabSpec
 from hopscope.instrumentation.meshlab.lab import LabError, MeshLab, find_envoy, missing_requirements
-from hopscope.instrumentation.meshlab.report import RECOVERED_SQL, comparison_table
+from hopscope.instrumentation.meshlab.report import comparison_table
 from hopscope.instrumentation.meshlab.spec import HOST_ADDRESS
+from hopscope.meshlab import recovered_rows, wait_until_settled
 from hopscope.serve_process import ServeProcess
 
 REQUESTS = 30
@@ -74,33 +75,8 @@ def _get(url: str) -> dict[str, Any]:
         return json.loads(response.read())
 
 
-def _post(url: str, body: dict[str, Any], token: str) -> dict[str, Any]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={
-        "content-type": "application/json", "authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
-
-
 def _edges(spec: LabSpec) -> list[tuple[str, str]]:
     return [(pod.service, callee) for pod in spec.pods for callee in pod.calls]
-
-
-def _sql(api: str, token: str, statement: str) -> dict[str, Any]:
-    return _post(f"{api}/api/v1/sql", {"sql": statement}, token)
-
-
-def _wait_until_settled(api: str, token: str, edges: int, traces: int) -> None:
-    """Every span in and every hop rebuilt: the span count holds still for 2 s (the apps flushed on SIGTERM and
-    Envoy flushes each second before it was stopped), then the hops table (after its settle window) has them all."""
-    deadline = time.monotonic() + 60
-    counts: list[int] = []
-    while len(counts) < 3 or len(set(counts[-3:])) > 1:
-        counts.append(_sql(api, token, "SELECT count(*) FROM spans")["rows"][0][0])
-        assert time.monotonic() < deadline, f"spans still arriving after 60 s: {counts}"
-        time.sleep(1.0)
-    while _sql(api, token, "SELECT count(*) FROM hops")["rows"][0][0] < edges * traces:
-        assert time.monotonic() < deadline, "hops not rebuilt after 60 s"
-        time.sleep(0.5)
 
 
 def _new_connections(lab: MeshLab) -> dict[tuple[str, str, str], bool]:
@@ -134,12 +110,11 @@ def lab_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             sent = ok + failing
             time.sleep(ENVOY_FLUSH_S)   # Envoy drops what it has not flushed when it stops
             lab.stop()
-            _wait_until_settled(server.api_url, token, len(_edges(spec)), len(sent))
+            wait_until_settled(server.api_url, token, hops_expected=len(_edges(spec)) * len(sent))
             hops = {s.trace_id: _get(f"{server.api_url}/api/v1/traces/{s.trace_id}/hops")["hops"] for s in sent}
             summary = _get(f"{server.api_url}/api/v1/hops/summary?exact=true&since=10m")
-            rows = _sql(server.api_url, token, RECOVERED_SQL.format(since_ns=since_ns))
+            recovered = recovered_rows(server.api_url, token, since_ns)
             (workdir / "hops.json").write_text(json.dumps(hops, indent=1))   # for reading after a failure
-            recovered = {(row[0], row[1]): dict(zip(rows["columns"], row, strict=True)) for row in rows["rows"]}
             table = comparison_table(spec, recovered)
             report = Path("test-artifacts") / f"mesh-e2e-{name}.md"
             report.parent.mkdir(exist_ok=True)
