@@ -63,6 +63,7 @@ class LabRun:
     failing: set[str]                                 # trace ids of the requests that asked leaves to fail
     hops: dict[str, list[dict[str, Any]]]             # trace id → /api/v1/traces/{id}/hops "hops"
     summary: dict[str, Any]                           # /api/v1/hops/summary?exact=true
+    paths: dict[str, dict[str, Any]]                  # trace id → /api/v1/traces/{id}/critical-path
     new_connection: dict[tuple[str, str, str], bool]  # (trace, caller, callee) → the caller's sidecar dialled anew
 
     def ok_hops(self, caller: str, callee: str) -> list[tuple[str, dict[str, Any]]]:
@@ -113,6 +114,7 @@ def lab_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             wait_until_settled(server.api_url, token, hops_expected=len(_edges(spec)) * len(sent))
             hops = {s.trace_id: _get(f"{server.api_url}/api/v1/traces/{s.trace_id}/hops")["hops"] for s in sent}
             summary = _get(f"{server.api_url}/api/v1/hops/summary?exact=true&since=10m")
+            paths = {s.trace_id: _get(f"{server.api_url}/api/v1/traces/{s.trace_id}/critical-path") for s in ok}
             recovered = recovered_rows(server.api_url, token, since_ns)
             (workdir / "hops.json").write_text(json.dumps(hops, indent=1))   # for reading after a failure
             table = comparison_table(spec, recovered)
@@ -121,7 +123,7 @@ def lab_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             report.write_text(table + "\n")
             print(f"\n{name}:\n{table}")
             return LabRun(spec, {s.trace_id: s.status for s in sent}, {s.trace_id for s in failing}, hops, summary,
-                          _new_connections(lab))
+                          paths, _new_connections(lab))
         finally:
             server.stop()
 
@@ -139,11 +141,12 @@ def test_components_sum_exactly_to_the_total(lab_run: LabRun) -> None:
             assert sum(hop[part] or 0.0 for part in parts) == pytest.approx(hop["total_ms"], abs=0.002), hop
 
 
-def _recovered(pairs: list[tuple[float, float]], where: str) -> None:
+def _recovered(pairs: list[tuple[float, float]], where: str, outlier_ms: float | None = OUTLIER_MS) -> None:
     """(recovered, injected) per hop, in ms: every hop above the injected value and not far above, most close."""
     assert pairs, where
     overheads = sorted(value - injected for value, injected in pairs)
-    assert -BELOW_MS <= overheads[0] and overheads[-1] <= OUTLIER_MS, f"{where}: overheads {overheads}"
+    assert -BELOW_MS <= overheads[0], f"{where}: overheads {overheads}"
+    assert outlier_ms is None or overheads[-1] <= outlier_ms, f"{where}: overheads {overheads}"
     typical = sum(overhead <= TYPICAL_MS for overhead in overheads) / len(overheads)
     assert typical >= 0.9, f"{where}: only {typical:.0%} within {TYPICAL_MS} ms: {overheads}"
     assert statistics.median(overheads) <= MEDIAN_ABOVE_MS, f"{where}: median overhead, {overheads}"
@@ -184,7 +187,9 @@ def test_app_time_is_the_injected_work(lab_run: LabRun) -> None:
     for caller, callee in _edges(lab_run.spec):
         work = lab_run.spec.pod(callee).work_ms
         selves = [hop["app_self_ms"] for _, hop in lab_run.ok_hops(caller, callee)]
-        _recovered([(value, work) for value in selves], f"{caller}→{callee} app_self")
+        # no bound on single outliers: the work is a sleep, and a starved process really does sleep longer (once
+        # 48 ms for 20 on a loaded machine) — the app span measures that truthfully, and so must app_self
+        _recovered([(value, work) for value in selves], f"{caller}→{callee} app_self", outlier_ms=None)
         if not lab_run.spec.pod(callee).calls:
             assert all(hop["app_ms"] == hop["app_self_ms"] for _, hop in lab_run.ok_hops(caller, callee))
 
@@ -228,3 +233,26 @@ def test_summary_recovers_the_injected_values(lab_run: LabRun) -> None:
         if not spec.pod(callee).calls:
             work = spec.pod(callee).work_ms
             assert work <= group["app_ms"]["p50"] <= work + MEDIAN_ABOVE_MS, group
+
+
+def test_critical_path_follows_the_slow_branch_and_adds_up_to_the_injected_values(lab_run: LabRun) -> None:
+    """The frontend waits for details (~37 ms) and reviews → ratings (~73 ms) at once: only the second branch is on
+    the path. Along it: network = the frontend→reviews and reviews→ratings links both ways, iptables = the
+    frontend's redirect hold, app = the three apps' own work; the sections tile the trace end to end."""
+    spec = lab_run.spec
+    on_path = [spec.pod("frontend"), spec.pod("reviews"), spec.pod("ratings")]
+    network = 2 * (spec.delay_between_ms(on_path[0], on_path[1]) + spec.delay_between_ms(on_path[1], on_path[2]))
+    interception = 2 * on_path[0].intercept_delay_ms
+    work = sum(pod.work_ms for pod in on_path)
+    by_component: dict[str, list[float]] = {"network": [], "iptables": [], "app": []}
+    for trace_id, path in lab_run.paths.items():
+        services = {section["service"] for section in path["sections"]}
+        assert services == {"frontend", "reviews", "ratings"}, (trace_id, services)
+        tiled = sum(section["duration_ms"] for section in path["sections"])
+        first, last = path["sections"][0], path["sections"][-1]
+        assert tiled == pytest.approx((last["end_unix_us"] - first["start_unix_us"]) / 1000, abs=0.01)
+        for component, values in by_component.items():
+            values.append(path["totals"]["by_component_ms"][component])
+    for component, injected in (("network", network), ("iptables", interception), ("app", work)):
+        median = statistics.median(by_component[component])
+        assert injected <= median <= injected + 3, (component, injected, by_component[component])
