@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hopscope.instrumentation.meshlab import DEFAULT_LAB, LabSpec, network
-from hopscope.instrumentation.meshlab.lab import LabError, MeshLab, find_envoy, missing_requirements
+from hopscope.instrumentation.meshlab.lab import LabError, MeshLab, unavailable_reason
 from hopscope.instrumentation.meshlab.report import RECOVERED_SQL, comparison_table
 from hopscope.instrumentation.meshlab.spec import HOST_ADDRESS
 from hopscope.query import call_api
@@ -98,12 +98,11 @@ def run_mesh_lab(arguments: argparse.Namespace) -> int:
         return 0
     try:
         spec = lab_spec(arguments)
-        missing = missing_requirements()
-        if missing:
-            raise LabError("a mesh lab needs " + ", ".join(missing))
-        find_envoy()
-    except (ValueError, LabError) as exc:
+    except ValueError as exc:
         print(f"hopscope mesh-lab: {exc}", file=sys.stderr)
+        return 2
+    if unavailable_reason():
+        print(f"hopscope mesh-lab: {unavailable_reason()}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, signal.default_int_handler)   # SIGTERM cleans up like Ctrl-C
     workdir = arguments.workdir or Path(tempfile.mkdtemp(prefix="hopscope-mesh-lab-"))

@@ -59,6 +59,18 @@ def missing_requirements() -> list[str]:
     return missing
 
 
+def unavailable_reason() -> str | None:
+    """Why a lab cannot run on this machine, or None when it can."""
+    missing = missing_requirements()
+    if missing:
+        return "a mesh lab needs " + ", ".join(missing)
+    try:
+        find_envoy()
+    except LabError as exc:
+        return str(exc)
+    return None
+
+
 @dataclass(frozen=True)
 class SentRequest:
     trace_id: str

@@ -11,21 +11,9 @@ import time
 
 import pytest
 
-from hopscope.instrumentation.meshlab.lab import LabError, find_envoy, missing_requirements
+from hopscope.instrumentation.meshlab.lab import unavailable_reason
 
-
-def _skip_reason() -> str | None:
-    missing = missing_requirements()
-    if missing:
-        return "the real mesh needs " + ", ".join(missing)
-    try:
-        find_envoy()
-    except LabError as exc:
-        return str(exc)
-    return None
-
-
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))]
 LAB = [sys.executable, "-m", "hopscope", "mesh-lab", "--api-port", "0", "--grpc-port", "0"]
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from hopscope.instrumentation.meshlab import DEFAULT_LAB, LabSpec
-from hopscope.instrumentation.meshlab.lab import LabError, MeshLab, find_envoy, missing_requirements
+from hopscope.instrumentation.meshlab.lab import MeshLab, unavailable_reason
 from hopscope.instrumentation.meshlab.report import comparison_table
 from hopscope.instrumentation.meshlab.spec import HOST_ADDRESS
 from hopscope.meshlab import recovered_rows, wait_until_settled
@@ -42,18 +42,7 @@ MEDIAN_ABOVE_MS = 2.0   # an edge's median overhead above the injected value
 ENVOY_FLUSH_S = 2.5     # the lab's sidecars flush spans every second
 
 
-def _skip_reason() -> str | None:
-    missing = missing_requirements()
-    if missing:
-        return "the real mesh needs " + ", ".join(missing)
-    try:
-        find_envoy()
-    except LabError as exc:
-        return str(exc)
-    return None
-
-
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))]
 
 
 @dataclasses.dataclass
