@@ -17,7 +17,7 @@ from hopscope.analytics.critical_path_store import offsets_for
 from hopscope.analytics.follower import SPAN_FIELDS
 from hopscope.analytics.params import SINCE_HELP, checked_trace_id, window
 from hopscope.analytics.path_labels import COMPONENTS, Segment
-from hopscope.analytics.skew import OffsetWindows, trace_pair_bounds
+from hopscope.analytics.skew import OffsetWindows, trace_domains, trace_pair_bounds
 from hopscope.analytics.trace_lookup import span_from_row, trace_spans
 from hopscope.analytics.trace_path import TracePath, trace_path
 from hopscope.analytics.what_if import projected_duration_ns
@@ -75,9 +75,19 @@ def path_json(path: TracePath, names: dict[str, str]) -> dict[str, Any]:
 
 
 def _section_json(segment: Segment, names: dict[str, str]) -> dict[str, Any]:
-    return {"span_id": segment.span_id, "name": names.get(segment.span_id or ""), "service": segment.service,
-            "component": segment.component, "start_unix_us": segment.start_ns // 1000,
-            "end_unix_us": segment.end_ns // 1000, "duration_ms": ms(segment.duration_ns)}
+    span_id, service, component, start_ns, end_ns = segment  # one per section: no property or helper calls
+    return {"span_id": span_id, "name": names.get(span_id or ""), "service": service, "component": component,
+            "start_unix_us": start_ns // 1000, "end_unix_us": end_ns // 1000,
+            "duration_ms": round((end_ns - start_ns) / 1e6, 3)}  # aggregates.ms
+
+
+def trace_critical_path_json(db: duckdb.DuckDBPyConnection, spans: list[dict[str, Any]], classifier: Classifier,
+                             skew: str) -> dict[str, Any]:
+    """`/traces/{id}/critical-path` once the spans are read (bench/critical_path.py times this): the clock domains
+    are worked out once, for the skew estimate and its correction."""
+    domains = trace_domains(spans) if skew == "corrected" else None
+    offsets = offsets_for(db, spans, domains) if skew == "corrected" else None
+    return path_json(trace_path(spans, classifier, offsets, domains), {s["span_id"]: s["name"] for s in spans})
 
 
 def _traces_spans(db: duckdb.DuckDBPyConnection, trace_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
@@ -110,9 +120,7 @@ def critical_path_router(cursor: Callable[[], duckdb.DuckDBPyConnection], classi
         spans = trace_spans(db, checked_trace_id(trace_id), SPAN_FIELDS)
         if not spans:
             raise HTTPException(404, f"no spans for trace {trace_id}")
-        offsets = offsets_for(db, spans) if skew == "corrected" else None
-        path = trace_path(spans, classifier, offsets)
-        return path_json(path, {s["span_id"]: s["name"] for s in spans})
+        return trace_critical_path_json(db, spans, classifier, skew)
 
     @router.get("/critical-path/summary", summary="Across an endpoint's traces: the share of critical-path time "
                                                   "per service and per component at the p50/p95/p99 traces")
@@ -182,7 +190,7 @@ def critical_path_router(cursor: Callable[[], duckdb.DuckDBPyConnection], classi
             offsets.add(trace_pair_bounds(spans))
             path = trace_path(spans, classifier, offsets)
             actual.append(path.duration_ns)
-            projected.append(projected_duration_ns(path.tree, path.labeller, removed))
+            projected.append(projected_duration_ns(*path.replay(), removed))
         return {"service": service, "operation": operation, "component": component,
                 "component_service": component_service, "since_unix_us": low // 1000, "until_unix_us": high // 1000,
                 "traces": total, "replayed": len(actual), "sampled": len(actual) < total,

@@ -55,11 +55,13 @@ def create(db: duckdb.DuckDBPyConnection) -> None:
     skew.create(db)
 
 
-def offsets_for(db: duckdb.DuckDBPyConnection, spans: list[dict[str, Any]]) -> ClockOffsets:
-    """The stored estimates around this trace's start, plus the trace's own pairs (it may not have settled)."""
+def offsets_for(db: duckdb.DuckDBPyConnection, spans: list[dict[str, Any]],
+                domains: dict[str, str] | None = None) -> ClockOffsets:
+    """The stored estimates around this trace's start, plus the trace's own pairs (it may not have settled);
+    `domains`: skew.trace_domains(spans), when the caller has them."""
     start = min(int(s["start_ns"]) for s in spans)
     offsets = OffsetWindows(db, start, start).at(start)
-    offsets.add(trace_pair_bounds(spans))
+    offsets.add(trace_pair_bounds(spans, domains))
     return offsets
 
 
@@ -71,7 +73,7 @@ def _rows(path: TracePath) -> tuple[list[dict], dict]:
     uncertainty = max((d["uncertainty_ms"] or 0 for d in domains), default=0)
     trace = {"trace_id": path.trace_id, "root_service": path.root_service, "root_operation": path.root_operation,
              "start_ns": path.start_ns, "duration_ns": path.duration_ns, "span_count": path.span_count,
-             "roots": len(path.tree.children.get(None, [])) or 1, "skew_uncertainty_ns": round(uncertainty * 1e6),
+             "roots": path.roots, "skew_uncertainty_ns": round(uncertainty * 1e6),
              "unshifted_domains": sum(d["shift_ms"] is None for d in domains),
              "flags": [f"{span_id}: {text}" for span_id, text in path.flags()]}
     return sections, trace

@@ -44,6 +44,7 @@ _UPSERT = """INSERT INTO clock_offsets SELECT * FROM fresh_offsets ON CONFLICT D
         pairs = pairs + excluded.pairs"""
 
 Span = Mapping[str, Any]
+_NOTHING: Mapping[str, Any] = {}
 
 
 def clock_domain(span: Span, pod_nodes: Mapping[str, str]) -> str:
@@ -71,15 +72,48 @@ def _pod_in_node_id(span: Span) -> str | None:
 
 
 def trace_domains(spans: Iterable[Span]) -> dict[str, str]:
-    """span id → clock domain, for one trace (see the module docstring)."""
-    spans = list(spans)
+    """span id → clock domain, for one trace (see the module docstring). One pass over the spans; a trace's spans
+    come from a few dozen processes, so `clock_domain` runs once per combination of the fields it reads."""
+    spans = spans if isinstance(spans, list) else list(spans)
     pod_nodes: dict[str, str] = {}
+    own: dict[str, Any] = {}  # a domain, or (no node of its own) its place in `pending` until every pod's node is known
+    pending: list[tuple[Span, tuple | None]] = []
+    ids = []
     for span in spans:
-        resource = span.get("resource_attributes") or {}
-        if resource.get("k8s.pod.name") and resource.get("k8s.node.name"):
-            pod_nodes[str(resource["k8s.pod.name"])] = str(resource["k8s.node.name"])
-    own = {span["span_id"]: clock_domain(span, pod_nodes) for span in spans}
-    by_id = {span["span_id"]: span for span in spans}
+        ids.append(span["span_id"])
+        resource = span.get("resource_attributes") or _NOTHING
+        node = resource.get("k8s.node.name")
+        if node:  # clock_domain's first rule, and the common case
+            own[span["span_id"]] = str(node)
+            pod = resource.get("k8s.pod.name")
+            if pod:
+                pod_nodes[str(pod)] = str(node)
+            continue
+        try:
+            key: tuple | None = (resource.get("k8s.pod.name"), resource.get("host.name"),
+                                 resource.get("service.instance.id"),
+                                 (span.get("attributes") or _NOTHING).get("node_id"), span.get("service_name"))
+            hash(key)
+        except TypeError:  # an unhashable attribute value
+            key = None
+        own[span["span_id"]] = len(pending)
+        pending.append((span, key))
+    if pending:
+        seen_fields: dict[tuple, str] = {}
+        decided = []
+        for span, key in pending:
+            domain = seen_fields.get(key) if key is not None else None
+            if domain is None:
+                domain = clock_domain(span, pod_nodes)
+                if key is not None:
+                    seen_fields[key] = domain
+            decided.append(domain)
+        for span_id, domain in own.items():
+            if domain.__class__ is int:
+                own[span_id] = decided[domain]
+    if not any(domain.startswith("service:") for domain in own.values()):
+        return own
+    by_id = dict(zip(ids, spans, strict=True))
 
     def inherited(span: Span) -> str:
         # a span naming only its service (Envoy's attempt spans carry no node_id) runs in the process of a parent
@@ -93,7 +127,11 @@ def trace_domains(spans: Iterable[Span]) -> dict[str, str]:
             span = parent
         return own[span["span_id"]]
 
-    return {span["span_id"]: inherited(span) for span in spans}
+    domains: dict[str, str] = dict(own)
+    for span_id, span in zip(ids, spans, strict=True):
+        if own[span_id].startswith("service:"):
+            domains[span_id] = inherited(span)
+    return domains
 
 
 def is_follows_from(span: Span) -> bool:
@@ -143,18 +181,20 @@ class PairBounds:
         return self.lo_ns <= self.hi_ns
 
 
-def trace_pair_bounds(spans: Iterable[Span]) -> dict[tuple[str, str], PairBounds]:
-    """The bounds one trace's cross-domain parent/child pairs put on each domain pair (domain_a < domain_b)."""
+def trace_pair_bounds(spans: Iterable[Span], domains: Mapping[str, str] | None = None
+                      ) -> dict[tuple[str, str], PairBounds]:
+    """The bounds one trace's cross-domain parent/child pairs put on each domain pair (domain_a < domain_b);
+    `domains` is trace_domains(spans) when the caller has it already."""
     spans = list(spans)
-    domains = trace_domains(spans)
+    domains = trace_domains(spans) if domains is None else domains
     by_id = {span["span_id"]: span for span in spans}
     bounds: dict[tuple[str, str], PairBounds] = {}
     for child in spans:
         parent = by_id.get(child.get("parent_span_id") or "")
-        if parent is None or _outlives_parent(parent, child):
+        if parent is None:
             continue
         a, b = domains[parent["span_id"]], domains[child["span_id"]]
-        if a == b:
+        if a == b or _outlives_parent(parent, child):  # most pairs are on one host: the cheap test first
             continue
         lo = int(child["end_ns"]) - int(parent["end_ns"])
         hi = int(child["start_ns"]) - int(parent["start_ns"])
@@ -215,24 +255,19 @@ class ClockOffsets:
         return {domain: best.get(domain) for domain in domains}
 
 
-def correct_clock_skew(spans: list[dict[str, Any]], offsets: ClockOffsets | None) -> tuple[list[dict], dict]:
-    """The trace's spans with every domain moved onto the root domain's clock (`raw_start_ns`/`raw_end_ns` keep
-    what arrived), and a report of each shift. `offsets=None` leaves the times raw and says so."""
+def clock_shifts(spans: list[Span], offsets: ClockOffsets | None,
+                 domains: Mapping[str, str] | None = None) -> tuple[dict[str, int], dict[str, Any]]:
+    """What `correct_clock_skew` adds to each domain's times (ns, whole; a domain no estimate reaches is absent),
+    and its report — for callers that apply the shift themselves instead of copying every span."""
     if offsets is None or not spans:
-        return spans, {"skew": "raw", "reference_domain": None, "domains": []}
-    domains = trace_domains(spans)
+        return {}, {"skew": "raw", "reference_domain": None, "domains": []}
+    domains = trace_domains(spans) if domains is None else domains
     by_id = {span["span_id"]: span for span in spans}
     roots = [s for s in spans if not s.get("parent_span_id") or s["parent_span_id"] not in by_id]
     root = min(roots or spans, key=lambda s: (int(s["start_ns"]), s["span_id"]))
     reference = domains[root["span_id"]]
     shifts = offsets.shifts(reference, sorted(set(domains.values())))
-    corrected = []
-    for span in spans:
-        shift = shifts[domains[span["span_id"]]]
-        move = round(shift.shift_ns) if shift is not None else 0
-        corrected.append({**span, "start_ns": int(span["start_ns"]) + move, "end_ns": int(span["end_ns"]) + move,
-                          "raw_start_ns": span["start_ns"], "raw_end_ns": span["end_ns"], "clock_domain":
-                              domains[span["span_id"]]})
+    moves = {domain: round(shift.shift_ns) for domain, shift in shifts.items() if shift is not None}
     report = {"skew": "corrected", "reference_domain": reference, "domains": [
         {"domain": domain, "shift_ms": None if s is None else round(s.shift_ns / 1e6, 6),
          "uncertainty_ms": None if s is None else round(s.uncertainty_ns / 1e6, 6),
@@ -241,6 +276,22 @@ def correct_clock_skew(spans: list[dict[str, Any]], offsets: ClockOffsets | None
          if s is None else "estimated" if s.consistent else "inconsistent bounds (drift, or a child outlived its "
                                                             "parent): midpoint used"}
         for domain, s in shifts.items()]}
+    return moves, report
+
+
+def correct_clock_skew(spans: list[dict[str, Any]], offsets: ClockOffsets | None) -> tuple[list[dict], dict]:
+    """The trace's spans with every domain moved onto the root domain's clock (`raw_start_ns`/`raw_end_ns` keep
+    what arrived), and a report of each shift. `offsets=None` leaves the times raw and says so."""
+    if offsets is None or not spans:
+        return spans, clock_shifts(spans, None)[1]
+    domains = trace_domains(spans)
+    moves, report = clock_shifts(spans, offsets, domains)
+    corrected = []
+    for span in spans:
+        move = moves.get(domains[span["span_id"]], 0)
+        corrected.append({**span, "start_ns": int(span["start_ns"]) + move, "end_ns": int(span["end_ns"]) + move,
+                          "raw_start_ns": span["start_ns"], "raw_end_ns": span["end_ns"], "clock_domain":
+                              domains[span["span_id"]]})
     return corrected, report
 
 

@@ -1,32 +1,44 @@
 """One trace's critical path, end to end: correct the clock skew (skew.py), walk (critical_path.py), label every
 section with its component and service (path_labels.py). The follower stores the result (critical_path_store.py);
-the API recomputes it for `?skew=raw`."""
+the API recomputes it for `?skew=raw`.
+
+`trace_path` runs on columns (trace_arrays.py, path_labels.IndexedLabeller): the skew shift is added once per span
+into a list of ints instead of copying every span dict, roles come from the memoised classifier, and the tree and the
+walk use positions. `trace_path_reference` is the same pipeline on the readable reference transforms (one dict per
+span); tests/test_trace_arrays.py checks that both give the same path, flags and skew report. A trace with
+duplicate or empty span ids takes the reference path: TraceHops and the skew estimate each pick a duplicate their
+own way, and only the reference reproduces that.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from hopscope.analytics.classify import Classifier
 from hopscope.analytics.critical_path import PathSpan, SpanTree, critical_path, span_tree
 from hopscope.analytics.hops import TraceHops
-from hopscope.analytics.path_labels import PathLabeller, Segment
-from hopscope.analytics.skew import ClockOffsets, correct_clock_skew, is_follows_from
+from hopscope.analytics.path_labels import IndexedLabeller, Labels, PathLabeller, Segment
+from hopscope.analytics.skew import ClockOffsets, clock_shifts, correct_clock_skew, is_follows_from, trace_domains
+from hopscope.analytics.trace_arrays import IndexedTree, indexed_tree, walk
 
 
 @dataclass
 class TracePath:
     trace_id: str
     segments: list[Segment]
-    tree: SpanTree
-    labeller: PathLabeller
     skew_report: dict[str, Any]
     root_service: str | None
     root_operation: str | None
     start_ns: int
     end_ns: int
     span_count: int
+    roots: int  # root spans (orphans of a partial trace count); 1 when there are none
+    flagged: list[tuple[str, str]]  # (span id, why), by span id
+    replay: Callable[[], tuple[SpanTree, Labels]] = field(repr=False)  # what the what-if replay walks
+    _totals: dict[tuple[str | None, str], int] | None = field(default=None, repr=False)
 
     @property
     def duration_ns(self) -> int:
@@ -34,13 +46,15 @@ class TracePath:
 
     def totals(self) -> dict[tuple[str | None, str], int]:
         """(service, component) → ns on the path."""
-        sums: dict[tuple[str | None, str], int] = defaultdict(int)
-        for segment in self.segments:
-            sums[(segment.service, segment.component)] += segment.duration_ns
-        return dict(sums)
+        if self._totals is None:
+            sums: dict[tuple[str | None, str], int] = defaultdict(int)
+            for segment in self.segments:
+                sums[(segment.service, segment.component)] += segment.end_ns - segment.start_ns
+            self._totals = dict(sums)
+        return self._totals
 
     def flags(self) -> list[tuple[str, str]]:
-        return [(span_id, text) for span_id, texts in sorted(self.tree.flags.items()) for text in texts]
+        return self.flagged
 
 
 def path_records(spans: list[dict[str, Any]]) -> list[PathSpan]:
@@ -48,8 +62,74 @@ def path_records(spans: list[dict[str, Any]]) -> list[PathSpan]:
                      str(s.get("kind") or "INTERNAL"), is_follows_from(s)) for s in spans]
 
 
-def trace_path(spans: list[dict[str, Any]], classifier: Classifier, offsets: ClockOffsets | None) -> TracePath:
-    """`offsets=None` walks the raw times."""
+def trace_path(spans: list[dict[str, Any]], classifier: Classifier, offsets: ClockOffsets | None,
+               domains: dict[str, str] | None = None) -> TracePath:
+    """`offsets=None` walks the raw times; `domains` (skew.trace_domains of these spans) saves working them out
+    again when the caller already has them."""
+    ids: list[str] = []
+    parent_ids: list[str | None] = []
+    start: list[int] = []
+    end: list[int] = []
+    kinds: list[str] = []
+    follows_from: list[bool] = []
+    roles: list[str] = []
+    role = classifier.role
+    for span in spans:  # one pass over the span dicts: on a long trace, reading a dict is mostly a cache miss
+        ids.append(span["span_id"])
+        parent_ids.append(span.get("parent_span_id"))
+        start.append(int(span["start_ns"]))
+        end.append(int(span["end_ns"]))
+        kinds.append(str(span.get("kind") or "INTERNAL"))
+        follows_from.append(is_follows_from(span) if span.get("links") else False)
+        roles.append(role(span))
+    position = dict(zip(ids, range(len(ids)), strict=True))
+    if not spans or len(position) != len(ids) or not all(ids):
+        return trace_path_reference(spans, classifier, offsets)
+    if offsets is not None:
+        domains = trace_domains(spans) if domains is None else domains
+        moves, report = clock_shifts(spans, offsets, domains)
+        if any(moves.values()):
+            shift = [moves.get(domains[span_id], 0) for span_id in ids]
+            start = [t + d for t, d in zip(start, shift, strict=True)]
+            end = [t + d for t, d in zip(end, shift, strict=True)]
+    else:
+        report = clock_shifts(spans, None)[1]
+    parent = [position.get(p, -1) if p else -1 for p in parent_ids]
+    tree = indexed_tree(ids, parent_ids, parent, start, end, kinds, follows_from)
+    labeller = IndexedLabeller(spans, roles, tree, start)
+    segments: list[Segment] = []
+    label = labeller.label_at
+    for span, low, high in zip(*walk(tree), strict=True):
+        label(span, low, high, segments)
+    first = tree.children[tree.root][0] if tree.root == len(spans) else tree.root  # the (first) root, or -1
+    top = (tree.start[tree.root], tree.end[tree.root]) if tree.root >= 0 else (0, 0)
+    return TracePath(
+        trace_id=spans[0]["trace_id"], segments=segments, skew_report=report,
+        root_service=labeller.service_at(first) if first >= 0 else None,
+        root_operation=spans[first]["name"] if first >= 0 else None, start_ns=top[0], end_ns=top[1],
+        span_count=len(spans), roots=len(tree.roots) if tree.root == len(spans) else 1,
+        flagged=[(ids[i], text) for i in sorted(tree.flags, key=ids.__getitem__) for text in tree.flags[i]],
+        replay=lambda: (_span_tree(tree, kinds, follows_from), labeller))
+
+
+def _span_tree(tree: IndexedTree, kinds: list[str], follows_from: list[bool]) -> SpanTree:
+    """The dict form the what-if replay reads (critical_path.SpanTree), from the columns."""
+    ids, n = tree.ids, len(tree.ids)
+    name: list[str | None] = [*ids, None]
+    records = {ids[i]: PathSpan(ids[i], ids[p] if p >= 0 else None, tree.start[i], tree.end[i], kinds[i],
+                                follows_from[i]) for i, p in enumerate(tree.parent)}
+    reached = [i for i in range(len(tree.start)) if i == n or tree.reached[i]]
+    return SpanTree(records, {name[i]: tree.start[i] for i in reached}, {name[i]: tree.end[i] for i in reached},
+                    {name[p]: [ids[k] for k in kids] for p, kids in tree.children.items()},
+                    None if tree.root in (-1, n) else ids[tree.root],
+                    {ids[i] for i in range(n) if not tree.reached[i]},
+                    {ids[i]: list(texts) for i, texts in tree.flags.items()})
+
+
+def trace_path_reference(spans: list[dict[str, Any]], classifier: Classifier,
+                         offsets: ClockOffsets | None) -> TracePath:
+    """The same pipeline on the reference transforms: skew-corrected copies of the spans, TraceHops, span_tree,
+    critical_path and PathLabeller."""
     corrected, report = correct_clock_skew(spans, offsets)
     hops = TraceHops(corrected, classifier)
     tree = span_tree(path_records(list(hops.spans.values())))
@@ -61,6 +141,9 @@ def trace_path(spans: list[dict[str, Any]], classifier: Classifier, offsets: Clo
     top = tree.root if tree.root is not None else None
     start, end = (tree.start[top], tree.end[top]) if top in tree.start else (0, 0)
     return TracePath(
-        trace_id=spans[0]["trace_id"] if spans else "", segments=segments, tree=tree, labeller=labeller,
-        skew_report=report, root_service=labeller.service.get(root_id) if root_id else None,
-        root_operation=root["name"] if root else None, start_ns=start, end_ns=end, span_count=len(hops.spans))
+        trace_id=spans[0]["trace_id"] if spans else "", segments=segments, skew_report=report,
+        root_service=labeller.service.get(root_id) if root_id else None,
+        root_operation=root["name"] if root else None, start_ns=start, end_ns=end, span_count=len(hops.spans),
+        roots=len(tree.children.get(None, [])) or 1,
+        flagged=[(span_id, text) for span_id, texts in sorted(tree.flags.items()) for text in texts],
+        replay=lambda: (tree, labeller))

@@ -19,16 +19,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from hopscope.analytics.critical_path import SpanTree
-from hopscope.analytics.path_labels import PathLabeller, Segment
+from hopscope.analytics.path_labels import Labels, Segment
 
 Removed = Callable[[Segment], bool]
 
 
-def _own_removed(labeller: PathLabeller, span_id: str | None, start: int, end: int, removed: Removed) -> int:
+def _own_removed(labeller: Labels, span_id: str | None, start: int, end: int, removed: Removed) -> int:
     return sum(s.duration_ns for s in labeller.label(span_id, start, end) if removed(s))
 
 
-def projected_duration_ns(tree: SpanTree, labeller: PathLabeller, removed: Removed) -> int:
+def projected_duration_ns(tree: SpanTree, labeller: Labels, removed: Removed) -> int:
     """The trace's wall-clock (the root's, or several roots' span) with the `removed` segments taking no time."""
     top = tree.root
     if top not in tree.start:
@@ -45,7 +45,7 @@ def projected_duration_ns(tree: SpanTree, labeller: PathLabeller, removed: Remov
     return projected[top]
 
 
-def _replay(tree: SpanTree, labeller: PathLabeller, span_id: str | None, projected: dict[str | None, int],
+def _replay(tree: SpanTree, labeller: Labels, span_id: str | None, projected: dict[str | None, int],
             removed: Removed) -> int:
     kids = tree.children.get(span_id, [])
     events = sorted([(tree.start[k], 1, k) for k in kids] + [(tree.end[k], 0, k) for k in kids])
