@@ -1,4 +1,4 @@
-"""The REST API application on --api-port: operations endpoints now, analytics routes as they land.
+"""The REST API application on --api-port: operations endpoints, analytics routes, and the pages at `/`.
 
 One JSON error shape for every route (RFC 9457 problem details), so clients handle errors once.
 """
@@ -17,6 +17,8 @@ from hopscope import __version__
 from hopscope.analytics.api import hops_router, sql_router
 from hopscope.analytics.classify import Classifier
 from hopscope.analytics.critical_path_api import critical_path_router
+from hopscope.analytics.endpoints_api import endpoints_router
+from hopscope.analytics.pages import add_pages
 from hopscope.analytics.sql import SqlRunner
 from hopscope.analytics.traces_api import traces_router
 from hopscope.collector.health_api import health_router
@@ -39,7 +41,9 @@ def build_api(is_ready: Callable[[], bool], metrics: IngestMetrics,
     app.include_router(hops_router(cursor, classifier))
     app.include_router(traces_router(cursor, classifier))
     app.include_router(critical_path_router(cursor, classifier))
+    app.include_router(endpoints_router(cursor))
     app.include_router(sql_router(SqlRunner(cursor), sql_token, exposed))
+    add_pages(app)  # after the API routes, which keep priority
 
     @app.exception_handler(HTTPException)
     async def http_problem(_: Request, exc: HTTPException) -> JSONResponse:

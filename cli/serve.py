@@ -166,6 +166,7 @@ def _print_endpoints(settings: Settings, grpc_port: int, http_sock: socket.socke
         f"  otlp-grpc  {host}:{grpc_port}",
         f"  otlp-http  http://{host}:{http_sock.getsockname()[1]}/v1/traces",
         f"  api        {api_url}   (docs {api_url}/docs, metrics {api_url}/metrics)",
+        f"  pages      {api_url}/   (service map, edges, traces, critical path, search)",
     ]
     if settings.db == IN_MEMORY:
         lines.append("  note: --db :memory: is NOT durable; everything is gone when the process stops")

@@ -83,10 +83,9 @@ def demo_feeder(arguments: argparse.Namespace) -> Callable[..., None]:
         api = endpoints.api_url  # type: ignore[attr-defined]
         print(f"demo: feeding the {arguments.topology} mesh at {arguments.rate:g} requests/s "
               f"(hops appear ~{arguments.settle_seconds:g} s after their trace)\n"
-              f"  where the latency goes:  .venv/bin/hopscope breakdown --api {api}\n"
-              f"  ask in SQL:              .venv/bin/hopscope sql --api {api} \"SELECT callee, "
-              f"quantile_disc(network_ns, 0.99) / 1e6 AS p99_network_ms FROM hops GROUP BY ALL\"\n"
-              f"  as JSON:                 {api}/api/v1/hops/summary   (OpenAPI: {api}/docs)", flush=True)
+              f"  in a terminal:  .venv/bin/hopscope breakdown --api {api}\n"
+              f"  as JSON:        {api}/api/v1/hops/summary   (OpenAPI: {api}/docs)\n"
+              f"open {api}/   ← the service map", flush=True)
         try:
             run.run(arguments.rate, arguments.duration, progress_printer("demo"))
         finally:
