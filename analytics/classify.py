@@ -16,7 +16,7 @@ op is `eq`, `prefix` or `exists`.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,11 +107,7 @@ class Classifier:
             if rule.role not in ROLES:
                 raise ValueError(f"rule {rule.why or rule.conditions!r}: unknown role {rule.role!r}; one of {ROLES}")
         self.rules = tuple(rules)
-        fields = dict.fromkeys(field for rule in self.rules for field, _, _ in rule.conditions)
-        self._attribute_keys = tuple(f[len("attribute."):] for f in fields if f.startswith("attribute."))
-        self._resource_keys = tuple(f[len("resource."):] for f in fields if f.startswith("resource."))
-        self._top_keys = tuple("scope_name" if f == "scope" else f for f in fields
-                               if not f.startswith(("attribute.", "resource.")))
+        self._key = _memo_key(dict.fromkeys(field for rule in self.rules for field, _, _ in rule.conditions))
         self._memo: dict[tuple, str] = {}
 
     def role_by_rules(self, span: Mapping[str, Any]) -> str:
@@ -122,9 +118,7 @@ class Classifier:
 
     def role(self, span: Mapping[str, Any]) -> str:
         try:  # the key holds exactly what _value() would read for each field the rules name
-            key = (tuple(map((span.get("attributes") or {}).get, self._attribute_keys)),
-                   tuple(map((span.get("resource_attributes") or {}).get, self._resource_keys)),
-                   tuple(map(span.get, self._top_keys)))
+            key = self._key(span)
             role = self._memo.get(key)
         except (TypeError, AttributeError):  # an unhashable value (a list attribute), or maps that are not dicts
             return self.role_by_rules(span)
@@ -134,6 +128,27 @@ class Classifier:
                 self._memo.clear()
             self._memo[key] = role
         return role
+
+
+def _memo_key(fields: Iterable[str]) -> Callable[[Mapping[str, Any]], tuple]:
+    """A function returning, as one flat tuple, what `_value` reads for each field. Written out as source once per
+    rule table (as collections.namedtuple does), because it runs once per span: one tuple and no loop per call
+    keep classification cheap and leave the garbage collector alone."""
+    reads = []
+    for field in fields:
+        if field.startswith("attribute."):
+            reads.append(f"attributes.get({field[len('attribute.'):]!r})")
+        elif field.startswith("resource."):
+            reads.append(f"resource.get({field[len('resource.'):]!r})")
+        else:
+            reads.append(f"span.get({'scope_name' if field == 'scope' else field!r})")
+    source = ("def key(span):\n"
+              "    attributes = span.get('attributes') or {}\n"
+              "    resource = span.get('resource_attributes') or {}\n"
+              f"    return ({''.join(read + ', ' for read in reads)})\n")
+    namespace: dict[str, Any] = {}
+    exec(source, namespace)  # noqa: S102 - the source holds only repr()s of the rules' field names
+    return namespace["key"]  # type: ignore[no-any-return]
 
 
 def load_rules(path: Path) -> Classifier:
