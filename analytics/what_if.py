@@ -48,21 +48,26 @@ def projected_duration_ns(tree: SpanTree, labeller: Labels, removed: Removed) ->
 def _replay(tree: SpanTree, labeller: Labels, span_id: str | None, projected: dict[str | None, int],
             removed: Removed) -> int:
     kids = tree.children.get(span_id, [])
-    events = sorted([(tree.start[k], 1, k) for k in kids] + [(tree.end[k], 0, k) for k in kids])
-    events.append((tree.end[span_id], 2, None))  # ends (0) before starts (1) at one instant: back-to-back calls
-    clock, previous, running = 0, tree.start[span_id], 0
+    start, end = tree.start, tree.end
+    # (instant, order, kid, 0 start | 1 end): at one instant ends (order 0) come before starts (order 1) — back-to-back
+    # calls — but a zero-length child's end is ordered right after its own start, or it would end before it began
+    events = sorted([(start[k], 1, k, 0) for k in kids] + [(end[k], int(end[k] == start[k]), k, 1) for k in kids])
+    events.append((end[span_id], 2, None, 1))  # the span's own end, last
+    clock, previous, running = 0, start[span_id], 0
     started: dict[str, int] = {}
-    for instant, what, kid in events:
+    for instant, _, kid, ends in events:
         gap = instant - previous
         if running == 0:
             clock += gap - _own_removed(labeller, span_id, previous, instant, removed) if gap else 0
-        elif what == 1:
+        elif not ends:
             clock += gap
-        if what == 1:
-            started[kid] = clock  # type: ignore[index]
+        if kid is None:
+            pass
+        elif not ends:
+            started[kid] = clock
             running += 1
-        elif what == 0:
+        else:
             running -= 1
-            clock = max(clock, started[kid] + projected[kid])  # type: ignore[index]
+            clock = max(clock, started[kid] + projected[kid])
         previous = instant
     return clock

@@ -234,3 +234,18 @@ def test_what_if_lets_a_parallel_branch_become_critical() -> None:
     labeller = _AllApp()
     assert projected_duration_ns(tree, labeller, lambda s: s.span_id == "c") == 90
     assert projected_duration_ns(tree, labeller, lambda s: s.span_id in ("b", "c")) == 30
+
+
+@pytest.mark.parametrize(("zeroed", "expected"), [
+    (None, 100),          # nothing removed: the recorded latency
+    ("a", 30),            # the root's own time gone: b's 30 ns are left
+    ("b", 70),            # b's 30 ns gone; the zero-length z (at b's start, at b's end, alone) changes nothing
+])
+def test_what_if_replays_zero_length_children(zeroed: str | None, expected: int) -> None:
+    """A zero-length child (start = end, e.g. clipped to its parent's edge) ends at the instant it starts: its end
+    must not be replayed before its start (it was: KeyError)."""
+    tree = span_tree([span("a", None, 0, 100), span("z0", "a", 10, 10), span("b", "a", 10, 40),
+                      span("z1", "a", 40, 40), span("z2", "a", 60, 60), span("z3", "a", 100, 100),
+                      span("zb", "b", 20, 20)])
+    labeller = _AllApp()
+    assert projected_duration_ns(tree, labeller, lambda s: s.span_id == zeroed) == expected
