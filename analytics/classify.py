@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from hopscope.analytics.trace_columns import column
+
 ROLES = (
     "app_server", "app_client", "app_internal",
     "proxy_outbound", "proxy_inbound",                      # a proxy's listener span, by direction
@@ -107,7 +109,8 @@ class Classifier:
             if rule.role not in ROLES:
                 raise ValueError(f"rule {rule.why or rule.conditions!r}: unknown role {rule.role!r}; one of {ROLES}")
         self.rules = tuple(rules)
-        self._key = _memo_key(dict.fromkeys(field for rule in self.rules for field, _, _ in rule.conditions))
+        self._fields = tuple(dict.fromkeys(field for rule in self.rules for field, _, _ in rule.conditions))
+        self._key = _memo_key(self._fields)
         self._memo: dict[tuple, str] = {}
 
     def role_by_rules(self, span: Mapping[str, Any]) -> str:
@@ -128,6 +131,35 @@ class Classifier:
                 self._memo.clear()
             self._memo[key] = role
         return role
+
+
+    def roles(self, spans: Sequence[dict[str, Any]], attributes: Sequence[dict[str, Any]],
+              resources: Sequence[dict[str, Any]]) -> list[str]:
+        """`role` of each span of a trace, its memo keys read a column at a time (trace_columns.py: `attributes`
+        and `resources` are the spans' maps, {} when absent)."""
+        columns = []
+        for field in self._fields:
+            if field.startswith("attribute."):
+                columns.append(column(attributes, field[len("attribute."):]))
+            elif field.startswith("resource."):
+                columns.append(column(resources, field[len("resource."):]))
+            else:
+                columns.append(column(spans, "scope_name" if field == "scope" else field))
+        keys = list(zip(*columns, strict=True)) if columns else [()] * len(spans)
+        memo = self._memo
+        try:
+            found = list(map(memo.get, keys))
+        except TypeError:  # an unhashable value (a list attribute): span by span
+            return [self.role(span) for span in spans]
+        for i in [i for i, role in enumerate(found) if role is None]:
+            role = memo.get(keys[i])
+            if role is None:
+                role = self.role_by_rules(spans[i])
+                if len(memo) >= MEMO_SIZE:
+                    memo.clear()
+                memo[keys[i]] = role
+            found[i] = role
+        return found  # type: ignore[return-value]
 
 
 def _memo_key(fields: Iterable[str]) -> Callable[[Mapping[str, Any]], tuple]:

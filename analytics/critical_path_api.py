@@ -18,6 +18,7 @@ from hopscope.analytics.follower import SPAN_FIELDS
 from hopscope.analytics.params import SINCE_HELP, checked_trace_id, window
 from hopscope.analytics.path_labels import COMPONENTS, Segment
 from hopscope.analytics.skew import OffsetWindows, trace_domains, trace_pair_bounds
+from hopscope.analytics.trace_columns import TraceColumns, column, paused_gc
 from hopscope.analytics.trace_lookup import span_from_row, trace_spans
 from hopscope.analytics.trace_path import TracePath, trace_path
 from hopscope.analytics.what_if import projected_duration_ns
@@ -85,9 +86,17 @@ def trace_critical_path_json(db: duckdb.DuckDBPyConnection, spans: list[dict[str
                              skew: str) -> dict[str, Any]:
     """`/traces/{id}/critical-path` once the spans are read (bench/critical_path.py times this): the clock domains
     are worked out once, for the skew estimate and its correction."""
-    domains = trace_domains(spans) if skew == "corrected" else None
-    offsets = offsets_for(db, spans, domains) if skew == "corrected" else None
-    return path_json(trace_path(spans, classifier, offsets, domains), {s["span_id"]: s["name"] for s in spans})
+    with paused_gc():
+        try:
+            columns: TraceColumns | None = TraceColumns.of(spans)
+        except (TypeError, KeyError):  # maps that are not dicts: the per-dict paths
+            columns = None
+        domains = trace_domains(spans, columns) if skew == "corrected" else None
+        offsets = offsets_for(db, spans, domains, columns) if skew == "corrected" else None
+        path = trace_path(spans, classifier, offsets, domains, columns)
+        names = dict(zip(columns.ids, column(spans, "name"), strict=True)) if columns else \
+            {s["span_id"]: s["name"] for s in spans}
+        return path_json(path, names)
 
 
 def _traces_spans(db: duckdb.DuckDBPyConnection, trace_ids: list[str]) -> dict[str, list[dict[str, Any]]]:

@@ -14,6 +14,7 @@ import pyarrow as pa
 from hopscope.analytics import skew
 from hopscope.analytics.classify import Classifier
 from hopscope.analytics.skew import ClockOffsets, OffsetWindows, trace_pair_bounds
+from hopscope.analytics.trace_columns import TraceColumns
 from hopscope.analytics.trace_path import TracePath, trace_path
 
 PATH_COLUMNS = (
@@ -55,13 +56,13 @@ def create(db: duckdb.DuckDBPyConnection) -> None:
     skew.create(db)
 
 
-def offsets_for(db: duckdb.DuckDBPyConnection, spans: list[dict[str, Any]],
-                domains: dict[str, str] | None = None) -> ClockOffsets:
+def offsets_for(db: duckdb.DuckDBPyConnection, spans: list[dict[str, Any]], domains: dict[str, str] | None = None,
+                columns: TraceColumns | None = None) -> ClockOffsets:
     """The stored estimates around this trace's start, plus the trace's own pairs (it may not have settled);
-    `domains`: skew.trace_domains(spans), when the caller has them."""
-    start = min(int(s["start_ns"]) for s in spans)
+    `domains` (skew.trace_domains(spans)) and `columns` (TraceColumns.of(spans)), when the caller has them."""
+    start = min(columns.start) if columns is not None else min(int(s["start_ns"]) for s in spans)
     offsets = OffsetWindows(db, start, start).at(start)
-    offsets.add(trace_pair_bounds(spans, domains))
+    offsets.add(trace_pair_bounds(spans, domains, columns))
     return offsets
 
 

@@ -24,7 +24,9 @@ section inside a failed attempt (its network, the callee's sidecar and app) is `
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
+from itertools import repeat
 from typing import Any, NamedTuple, Protocol
 
 from hopscope.analytics.critical_path import SpanTree
@@ -161,28 +163,28 @@ class IndexedLabeller:
     def __init__(self, spans: Sequence[dict[str, Any]], roles: list[str], tree: IndexedTree,
                  corrected_start: list[int]) -> None:
         self._spans, self._roles, self._tree, self._corrected_start = spans, roles, tree, corrected_start
-        self._kids: dict[int, list[int]] = {}  # every child, asynchronous too (TraceHops.children), span order
-        for i, p in enumerate(tree.parent):
-            if p >= 0:
-                if p in self._kids:
-                    self._kids[p].append(i)
-                else:
-                    self._kids[p] = [i]
+        # every child, asynchronous too (TraceHops.children), in span order: one array sorted by parent, bisected
+        self._by_parent = sorted(range(len(tree.parent)), key=tree.parent.__getitem__)
+        self._parent_of_sorted = list(map(tree.parent.__getitem__, self._by_parent))
         self._retry_window: dict[int, tuple[int, int]] = {}
         self._in_failed_attempt: set[int] = set()
         self._wire: dict[int, list[tuple[int, int]]] = {}
         self._services: dict[int, str] = {}
         self._positions: dict[str, int] | None = None
-        self.component = [_OWN_TIME.get(role, "app") for role in roles]
-        for i, role in enumerate(roles):
-            if role == "app_client":
+        self.component = list(map(_OWN_TIME.get, roles, repeat("app")))
+        for i in [i for i, role in enumerate(roles) if role == "app_client" or role in OUTBOUND]:
+            if roles[i] == "app_client":
                 self.component[i] = self._client_component(i)
-            elif role in OUTBOUND:
+            else:
                 self.component[i] = self._outbound_component(i)
+
+    def _children(self, span: int) -> list[int]:
+        keys = self._parent_of_sorted
+        return self._by_parent[bisect_left(keys, span):bisect_right(keys, span)]
 
     def _kids_in(self, span: int, roles: tuple[str, ...]) -> list[int]:
         """TraceHops.kids: the children with one of these roles, by (start, span id) on the corrected clock."""
-        kids = [k for k in self._kids.get(span, ()) if self._roles[k] in roles]
+        kids = [k for k in self._children(span) if self._roles[k] in roles]
         kids.sort(key=lambda k: (self._corrected_start[k], self._spans[k]["span_id"]))
         return kids
 
@@ -201,7 +203,7 @@ class IndexedLabeller:
             while stack:
                 current = stack.pop()
                 self._in_failed_attempt.add(current)
-                stack.extend(self._kids.get(current, ()))
+                stack.extend(self._children(current))
         if upstream:
             return "proxy"
         parent = self._tree.parent[span]

@@ -33,6 +33,8 @@ from typing import Any
 
 import duckdb
 
+from hopscope.analytics.trace_columns import TraceColumns, column
+
 WINDOW_NS = 600 * 10**9
 REACH_NS = 1800 * 10**9  # a trace uses the windows whose start lies within this of its own start
 
@@ -71,10 +73,40 @@ def _pod_in_node_id(span: Span) -> str | None:
     return parts[2].split(".")[0] if len(parts) >= 3 and parts[2] else None
 
 
-def trace_domains(spans: Iterable[Span]) -> dict[str, str]:
-    """span id → clock domain, for one trace (see the module docstring). One pass over the spans; a trace's spans
-    come from a few dozen processes, so `clock_domain` runs once per combination of the fields it reads."""
+def trace_domains(spans: Iterable[Span], columns: TraceColumns | None = None) -> dict[str, str]:
+    """span id → clock domain, for one trace (see the module docstring). Read from the trace's columns (`columns`:
+    TraceColumns.of(spans), when the caller has them); a trace's spans come from a few dozen processes, so
+    `clock_domain` runs once per combination of the fields it reads."""
     spans = spans if isinstance(spans, list) else list(spans)
+    try:
+        columns = TraceColumns.of(spans) if columns is None else columns
+    except (TypeError, KeyError):
+        return _trace_domains_of_dicts(spans)
+    nodes = column(columns.resources, "k8s.node.name")
+    pod_nodes = {str(pod): str(node) for pod, node in zip(column(columns.resources, "k8s.pod.name"), nodes,
+                                                          strict=True) if node and pod}
+    own_at: list[str | None] = [str(node) if node else None for node in nodes]  # clock_domain's first rule
+    seen_fields: dict[tuple, str] = {}
+    for i in [i for i, domain in enumerate(own_at) if domain is None]:
+        resource, span = columns.resources[i], columns.spans[i]
+        key = (resource.get("k8s.pod.name"), resource.get("host.name"), resource.get("service.instance.id"),
+               columns.attributes[i].get("node_id"), columns.services[i])
+        try:
+            domain = seen_fields.get(key)
+        except TypeError:  # an unhashable attribute value
+            own_at[i] = clock_domain(span, pod_nodes)
+            continue
+        if domain is None:
+            domain = seen_fields[key] = clock_domain(span, pod_nodes)
+        own_at[i] = domain
+    own: dict[str, str] = dict(zip(columns.ids, own_at, strict=True))  # type: ignore[arg-type]
+    if not any(domain.startswith("service:") for domain in own.values()):
+        return own
+    return _inherit_service_domains(spans, columns.ids, own)
+
+
+def _trace_domains_of_dicts(spans: list[Span]) -> dict[str, str]:
+    """trace_domains, reading each dict (span or attribute maps that are not dicts)."""
     pod_nodes: dict[str, str] = {}
     own: dict[str, Any] = {}  # a domain, or (no node of its own) its place in `pending` until every pod's node is known
     pending: list[tuple[Span, tuple | None]] = []
@@ -113,6 +145,10 @@ def trace_domains(spans: Iterable[Span]) -> dict[str, str]:
                 own[span_id] = decided[domain]
     if not any(domain.startswith("service:") for domain in own.values()):
         return own
+    return _inherit_service_domains(spans, ids, own)
+
+
+def _inherit_service_domains(spans: list[Span], ids: list[str], own: dict[str, Any]) -> dict[str, str]:
     by_id = dict(zip(ids, spans, strict=True))
 
     def inherited(span: Span) -> str:
@@ -181,11 +217,36 @@ class PairBounds:
         return self.lo_ns <= self.hi_ns
 
 
-def trace_pair_bounds(spans: Iterable[Span], domains: Mapping[str, str] | None = None
-                      ) -> dict[tuple[str, str], PairBounds]:
+def trace_pair_bounds(spans: Iterable[Span], domains: Mapping[str, str] | None = None,
+                      columns: TraceColumns | None = None) -> dict[tuple[str, str], PairBounds]:
     """The bounds one trace's cross-domain parent/child pairs put on each domain pair (domain_a < domain_b);
-    `domains` is trace_domains(spans) when the caller has it already."""
+    `domains` is trace_domains(spans) and `columns` TraceColumns.of(spans) when the caller has them already."""
     spans = list(spans)
+    try:
+        columns = TraceColumns.of(spans) if columns is None else columns
+    except (TypeError, KeyError):
+        return _pair_bounds_of_dicts(spans, domains)
+    domains = trace_domains(spans, columns) if domains is None else domains
+    at = list(map(domains.__getitem__, columns.ids))
+    parent, start, end = columns.parent, columns.start, columns.end
+    bounds: dict[tuple[str, str], PairBounds] = {}
+    # most pairs are on one host: only the cross-domain ones are read further
+    for i in [i for i, p in enumerate(parent) if p >= 0 and at[p] != at[i]]:
+        p = parent[i]
+        if _outlives_parent(spans[p], spans[i]):
+            continue
+        a, b = at[p], at[i]
+        lo, hi = end[i] - end[p], start[i] - start[p]
+        key, found = ((a, b), PairBounds(lo, hi, 1)) if a < b else ((b, a), PairBounds(-hi, -lo, 1))
+        if key in bounds:
+            bounds[key].merge(found)
+        else:
+            bounds[key] = found
+    return bounds
+
+
+def _pair_bounds_of_dicts(spans: list[Span], domains: Mapping[str, str] | None
+                          ) -> dict[tuple[str, str], PairBounds]:
     domains = trace_domains(spans) if domains is None else domains
     by_id = {span["span_id"]: span for span in spans}
     bounds: dict[tuple[str, str], PairBounds] = {}
@@ -255,17 +316,21 @@ class ClockOffsets:
         return {domain: best.get(domain) for domain in domains}
 
 
-def clock_shifts(spans: list[Span], offsets: ClockOffsets | None,
-                 domains: Mapping[str, str] | None = None) -> tuple[dict[str, int], dict[str, Any]]:
+def clock_shifts(spans: list[Span], offsets: ClockOffsets | None, domains: Mapping[str, str] | None = None,
+                 columns: TraceColumns | None = None) -> tuple[dict[str, int], dict[str, Any]]:
     """What `correct_clock_skew` adds to each domain's times (ns, whole; a domain no estimate reaches is absent),
     and its report — for callers that apply the shift themselves instead of copying every span."""
     if offsets is None or not spans:
         return {}, {"skew": "raw", "reference_domain": None, "domains": []}
-    domains = trace_domains(spans) if domains is None else domains
-    by_id = {span["span_id"]: span for span in spans}
-    roots = [s for s in spans if not s.get("parent_span_id") or s["parent_span_id"] not in by_id]
-    root = min(roots or spans, key=lambda s: (int(s["start_ns"]), s["span_id"]))
-    reference = domains[root["span_id"]]
+    domains = trace_domains(spans, columns) if domains is None else domains
+    if columns is not None:
+        start, ids = columns.start, columns.ids
+        roots = [i for i, p in enumerate(columns.parent) if p < 0]
+        reference = domains[ids[min(roots or range(len(ids)), key=lambda i: (start[i], ids[i]))]]
+    else:
+        by_id = {span["span_id"]: span for span in spans}
+        top = [s for s in spans if not s.get("parent_span_id") or s["parent_span_id"] not in by_id]
+        reference = domains[min(top or spans, key=lambda s: (int(s["start_ns"]), s["span_id"]))["span_id"]]
     shifts = offsets.shifts(reference, sorted(set(domains.values())))
     moves = {domain: round(shift.shift_ns) for domain, shift in shifts.items() if shift is not None}
     report = {"skew": "corrected", "reference_domain": reference, "domains": [

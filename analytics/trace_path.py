@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import add
 from typing import Any
 
 from hopscope.analytics.classify import Classifier
@@ -23,6 +25,7 @@ from hopscope.analytics.hops import TraceHops
 from hopscope.analytics.path_labels import IndexedLabeller, Labels, PathLabeller, Segment
 from hopscope.analytics.skew import ClockOffsets, clock_shifts, correct_clock_skew, is_follows_from, trace_domains
 from hopscope.analytics.trace_arrays import IndexedTree, indexed_tree, walk
+from hopscope.analytics.trace_columns import TraceColumns
 
 
 @dataclass
@@ -63,39 +66,29 @@ def path_records(spans: list[dict[str, Any]]) -> list[PathSpan]:
 
 
 def trace_path(spans: list[dict[str, Any]], classifier: Classifier, offsets: ClockOffsets | None,
-               domains: dict[str, str] | None = None) -> TracePath:
-    """`offsets=None` walks the raw times; `domains` (skew.trace_domains of these spans) saves working them out
-    again when the caller already has them."""
-    ids: list[str] = []
-    parent_ids: list[str | None] = []
-    start: list[int] = []
-    end: list[int] = []
-    kinds: list[str] = []
-    follows_from: list[bool] = []
-    roles: list[str] = []
-    role = classifier.role
-    for span in spans:  # one pass over the span dicts: on a long trace, reading a dict is mostly a cache miss
-        ids.append(span["span_id"])
-        parent_ids.append(span.get("parent_span_id"))
-        start.append(int(span["start_ns"]))
-        end.append(int(span["end_ns"]))
-        kinds.append(str(span.get("kind") or "INTERNAL"))
-        follows_from.append(is_follows_from(span) if span.get("links") else False)
-        roles.append(role(span))
-    position = dict(zip(ids, range(len(ids)), strict=True))
-    if not spans or len(position) != len(ids) or not all(ids):
+               domains: dict[str, str] | None = None, columns: TraceColumns | None = None) -> TracePath:
+    """`offsets=None` walks the raw times; `domains` (skew.trace_domains of these spans) and `columns`
+    (TraceColumns.of(spans)) save working them out again when the caller already has them."""
+    try:
+        columns = TraceColumns.of(spans) if columns is None else columns
+    except (TypeError, KeyError):
         return trace_path_reference(spans, classifier, offsets)
+    ids, parent_ids, start, end = columns.ids, columns.parent_ids, columns.start, columns.end
+    if not spans or len(columns.position) != len(ids) or not all(ids):
+        return trace_path_reference(spans, classifier, offsets)
+    kinds = [str(kind or "INTERNAL") for kind in columns.kinds]
+    follows_from = [bool(links) and is_follows_from(span) for links, span in zip(columns.links, spans, strict=True)]
+    roles = classifier.roles(spans, columns.attributes, columns.resources)
     if offsets is not None:
-        domains = trace_domains(spans) if domains is None else domains
-        moves, report = clock_shifts(spans, offsets, domains)
+        domains = trace_domains(spans, columns) if domains is None else domains
+        moves, report = clock_shifts(spans, offsets, domains, columns)
         if any(moves.values()):
-            shift = [moves.get(domains[span_id], 0) for span_id in ids]
-            start = [t + d for t, d in zip(start, shift, strict=True)]
-            end = [t + d for t, d in zip(end, shift, strict=True)]
+            shift = list(map(moves.get, map(domains.__getitem__, ids), repeat(0)))
+            start = list(map(add, start, shift))
+            end = list(map(add, end, shift))
     else:
         report = clock_shifts(spans, None)[1]
-    parent = [position.get(p, -1) if p else -1 for p in parent_ids]
-    tree = indexed_tree(ids, parent_ids, parent, start, end, kinds, follows_from)
+    tree = indexed_tree(ids, parent_ids, columns.parent, start, end, kinds, follows_from)
     labeller = IndexedLabeller(spans, roles, tree, start)
     segments: list[Segment] = []
     label = labeller.label_at

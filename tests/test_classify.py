@@ -65,3 +65,16 @@ def test_memoised_roles_equal_the_rule_scan_on_random_spans(seed: int) -> None:
         spans = [_random_span(rng) for _ in range(2_000)]
         assert [classifier.role(s) for s in spans] == [classifier.role_by_rules(s) for s in spans]
         assert [classifier.role(s) for s in spans] == [classifier.role_by_rules(s) for s in spans]  # from the memo
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_roles_of_a_trace_read_by_column_equal_the_rule_scan(seed: int) -> None:
+    rng = random.Random(seed)
+    user_rules = (Rule("proxy_outbound", (("scope", "eq", "my.scope"), ("attribute.direction", "exists", None))),)
+    for classifier in (Classifier(), Classifier((*user_rules, *BUILT_IN_RULES)), Classifier(())):
+        spans = [_random_span(rng) for _ in range(2_000)]
+        hashable = [s for s in spans if not isinstance((s["attributes"] or {}).get("hopscope.layer"), list)]
+        for batch in (spans, hashable, hashable):  # unhashable values: span by span; then cold and warm memo
+            attributes = [s["attributes"] or {} for s in batch]
+            resources = [s["resource_attributes"] or {} for s in batch]
+            assert classifier.roles(batch, attributes, resources) == [classifier.role_by_rules(s) for s in batch]
