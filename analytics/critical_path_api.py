@@ -6,10 +6,13 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable
+from itertools import repeat
+from operator import floordiv, sub, truediv
 from typing import Any
 
 import duckdb
-from fastapi import APIRouter, HTTPException, Query
+import orjson
+from fastapi import APIRouter, HTTPException, Query, Response
 
 from hopscope.analytics.aggregates import ms
 from hopscope.analytics.classify import Classifier
@@ -66,7 +69,7 @@ def path_json(path: TracePath, names: dict[str, str]) -> dict[str, Any]:
         "trace_id": path.trace_id, "root_service": path.root_service, "root_operation": path.root_operation,
         "start_unix_us": path.start_ns // 1000, "end_unix_us": path.end_ns // 1000,
         "duration_ms": ms(path.duration_ns), "skew": path.skew_report,
-        "sections": [_section_json(s, names) for s in path.segments],
+        "sections": sections_json(path.segments, names),
         "totals": {"by_service_ms": {k: ms(v) for k, v in sorted(by_service.items(), key=lambda i: -i[1])},
                    "by_component_ms": {c: ms(by_component.get(c, 0)) for c in COMPONENTS},
                    "by_service_component": [{"service": s, "component": c, "duration_ms": ms(v)}
@@ -75,17 +78,24 @@ def path_json(path: TracePath, names: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _section_json(segment: Segment, names: dict[str, str]) -> dict[str, Any]:
-    span_id, service, component, start_ns, end_ns = segment  # one per section: no property or helper calls
-    return {"span_id": span_id, "name": names.get(span_id or ""), "service": service, "component": component,
-            "start_unix_us": start_ns // 1000, "end_unix_us": end_ns // 1000,
-            "duration_ms": round((end_ns - start_ns) / 1e6, 3)}  # aggregates.ms
+def sections_json(segments: list[Segment], names: dict[str, str]) -> list[dict[str, Any]]:
+    """One JSON object per section, its values computed a column at a time (map loops in C)."""
+    if not segments:
+        return []
+    span_ids, services, components, starts, ends = zip(*segments, strict=True)
+    named = map(names.get, span_ids) if "" not in names else (names.get(i or "") for i in span_ids)
+    durations = map(round, map(truediv, map(sub, ends, starts), repeat(1e6)), repeat(3))  # aggregates.ms
+    return [{"span_id": i, "name": n, "service": s, "component": c, "start_unix_us": a, "end_unix_us": b,
+             "duration_ms": d}
+            for i, n, s, c, a, b, d in zip(span_ids, named, services, components, map(floordiv, starts, repeat(1000)),
+                                           map(floordiv, ends, repeat(1000)), durations, strict=True)]
 
 
 def trace_critical_path_json(db: duckdb.DuckDBPyConnection, spans: list[dict[str, Any]], classifier: Classifier,
-                             skew: str) -> dict[str, Any]:
-    """`/traces/{id}/critical-path` once the spans are read (bench/critical_path.py times this): the clock domains
-    are worked out once, for the skew estimate and its correction."""
+                             skew: str) -> bytes:
+    """`/traces/{id}/critical-path`'s body once the spans are read (bench/critical_path.py times this): the span
+    dicts are read once into columns, shared by the clock domains, the skew estimate, its correction and the walk;
+    the garbage collector is paused meanwhile (trace_columns.py says why); orjson writes the body."""
     with paused_gc():
         try:
             columns: TraceColumns | None = TraceColumns.of(spans)
@@ -96,7 +106,7 @@ def trace_critical_path_json(db: duckdb.DuckDBPyConnection, spans: list[dict[str
         path = trace_path(spans, classifier, offsets, domains, columns)
         names = dict(zip(columns.ids, column(spans, "name"), strict=True)) if columns else \
             {s["span_id"]: s["name"] for s in spans}
-        return path_json(path, names)
+        return orjson.dumps(path_json(path, names))
 
 
 def _traces_spans(db: duckdb.DuckDBPyConnection, trace_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
@@ -124,12 +134,12 @@ def critical_path_router(cursor: Callable[[], duckdb.DuckDBPyConnection], classi
 
     @router.get("/traces/{trace_id}/critical-path", summary="One trace's critical path: sections labelled with "
                                                             "service and mesh component, totals, skew applied")
-    def trace_critical_path(trace_id: str, skew: str = SKEW) -> dict[str, Any]:
+    def trace_critical_path(trace_id: str, skew: str = SKEW) -> Response:
         db = cursor()
         spans = trace_spans(db, checked_trace_id(trace_id), SPAN_FIELDS)
         if not spans:
             raise HTTPException(404, f"no spans for trace {trace_id}")
-        return trace_critical_path_json(db, spans, classifier, skew)
+        return Response(trace_critical_path_json(db, spans, classifier, skew), media_type="application/json")
 
     @router.get("/critical-path/summary", summary="Across an endpoint's traces: the share of critical-path time "
                                                   "per service and per component at the p50/p95/p99 traces")

@@ -246,6 +246,30 @@ class IndexedLabeller:
             pieces = _split(pieces, wire, "network", only="proxy")
         out.extend(Segment(span_id, service, component, a, b) for a, b, component in pieces if b > a)
 
+    def label_walk(self, owners: list[int], lows: list[int], highs: list[int]) -> list[Segment]:
+        """label_at for every section of a walk (trace_arrays.walk: each has end > start). A section of a span
+        with nothing to split — nearly all — is one Segment, built in bulk."""
+        on_path = set(owners)
+        if len(self._spans) in on_path:  # between several roots: section by section
+            out: list[Segment] = []
+            for span, low, high in zip(owners, lows, highs, strict=True):
+                self.label_at(span, low, high, out)
+            return out
+        span_id = {span: self._spans[span]["span_id"] for span in on_path}
+        service = {span: self.service_at(span) for span in on_path}
+        bulk = list(map(Segment, map(span_id.__getitem__, owners), map(service.__getitem__, owners),
+                        map(self.component.__getitem__, owners), lows, highs))
+        special = on_path & (self._in_failed_attempt | self._retry_window.keys() | self._wire.keys())
+        if not special:
+            return bulk
+        out = []
+        for k, span in enumerate(owners):
+            if span in special:
+                self.label_at(span, lows[k], highs[k], out)
+            else:
+                out.append(bulk[k])
+        return out
+
     def label(self, span_id: str | None, start_ns: int, end_ns: int) -> list[Segment]:
         """PathLabeller.label by span id (the what-if replay asks by id)."""
         if self._positions is None:

@@ -86,23 +86,42 @@ def trace_domains(spans: Iterable[Span], columns: TraceColumns | None = None) ->
     pod_nodes = {str(pod): str(node) for pod, node in zip(column(columns.resources, "k8s.pod.name"), nodes,
                                                           strict=True) if node and pod}
     own_at: list[str | None] = [str(node) if node else None for node in nodes]  # clock_domain's first rule
-    seen_fields: dict[tuple, str] = {}
-    for i in [i for i, domain in enumerate(own_at) if domain is None]:
-        resource, span = columns.resources[i], columns.spans[i]
-        key = (resource.get("k8s.pod.name"), resource.get("host.name"), resource.get("service.instance.id"),
-               columns.attributes[i].get("node_id"), columns.services[i])
-        try:
-            domain = seen_fields.get(key)
-        except TypeError:  # an unhashable attribute value
-            own_at[i] = clock_domain(span, pod_nodes)
-            continue
-        if domain is None:
-            domain = seen_fields[key] = clock_domain(span, pod_nodes)
-        own_at[i] = domain
+    pending = [i for i, domain in enumerate(own_at) if domain is None]
+    if pending:  # the rest: once per combination of the fields clock_domain reads
+        resources = list(map(columns.resources.__getitem__, pending))
+        keys = list(zip(column(resources, "k8s.pod.name"), column(resources, "host.name"),
+                        column(resources, "service.instance.id"),
+                        column(list(map(columns.attributes.__getitem__, pending)), "node_id"),
+                        map(columns.services.__getitem__, pending), strict=False))
+        seen_fields: dict[tuple, str] = {}
+        for i, key in zip(pending, keys, strict=True):
+            try:
+                domain = seen_fields.get(key)
+            except TypeError:  # an unhashable attribute value
+                own_at[i] = clock_domain(columns.spans[i], pod_nodes)
+                continue
+            if domain is None:
+                domain = seen_fields[key] = clock_domain(columns.spans[i], pod_nodes)
+            own_at[i] = domain
     own: dict[str, str] = dict(zip(columns.ids, own_at, strict=True))  # type: ignore[arg-type]
     if not any(domain.startswith("service:") for domain in own.values()):
         return own
-    return _inherit_service_domains(spans, columns.ids, own)
+    if len(own) < len(own_at):  # duplicate span ids: by id, as the dict form does
+        return _inherit_service_domains(spans, columns.ids, own)
+    domains = dict(own)
+    parent, services = columns.parent, columns.services
+    for i in [i for i, domain in enumerate(own_at) if domain.startswith("service:")]:  # type: ignore[union-attr]
+        # a span naming only its service (Envoy's attempt spans carry no node_id) runs in the process of a parent
+        # from the same service: it shares that parent's clock
+        j, seen = i, set()
+        while own_at[j].startswith("service:") and j not in seen:  # type: ignore[union-attr]
+            seen.add(j)
+            p = parent[j]
+            if p < 0 or services[p] != services[j]:
+                break
+            j = p
+        domains[columns.ids[i]] = own_at[j]  # type: ignore[assignment]
+    return domains
 
 
 def _trace_domains_of_dicts(spans: list[Span]) -> dict[str, str]:

@@ -90,10 +90,7 @@ def trace_path(spans: list[dict[str, Any]], classifier: Classifier, offsets: Clo
         report = clock_shifts(spans, None)[1]
     tree = indexed_tree(ids, parent_ids, columns.parent, start, end, kinds, follows_from)
     labeller = IndexedLabeller(spans, roles, tree, start)
-    segments: list[Segment] = []
-    label = labeller.label_at
-    for span, low, high in zip(*walk(tree), strict=True):
-        label(span, low, high, segments)
+    segments = labeller.label_walk(*walk(tree))
     first = tree.children[tree.root][0] if tree.root == len(spans) else tree.root  # the (first) root, or -1
     top = (tree.start[tree.root], tree.end[tree.root]) if tree.root >= 0 else (0, 0)
     return TracePath(

@@ -12,8 +12,16 @@ import pytest
 
 from hopscope.analytics.classify import Classifier
 from hopscope.analytics.critical_path import PathSpan, critical_path, span_tree
-from hopscope.analytics.skew import ClockOffsets, clock_domain, trace_domains, trace_pair_bounds
+from hopscope.analytics.skew import (
+    ClockOffsets,
+    _pair_bounds_of_dicts,
+    clock_domain,
+    clock_shifts,
+    trace_domains,
+    trace_pair_bounds,
+)
 from hopscope.analytics.trace_arrays import indexed_tree, walk
+from hopscope.analytics.trace_columns import TraceColumns
 from hopscope.analytics.trace_path import TracePath, trace_path, trace_path_reference
 from hopscope.analytics.what_if import projected_duration_ns
 from hopscope.instrumentation.meshsim import Options
@@ -191,3 +199,18 @@ def test_trace_domains_equal_the_reference(topology: str, options: Options) -> N
         assert trace_domains(shuffled) == _reference_trace_domains(shuffled)
     spans = _random_span_dicts(random.Random(1), 200)
     assert trace_domains(spans) == _reference_trace_domains(spans)
+
+
+@pytest.mark.parametrize(("topology", "options"), [
+    ("bookinfo", Options(spawn_upstream_span=True)), ("shop", Options()), ("bookinfo", Options(mesh="linkerd")),
+])
+def test_pair_bounds_and_shifts_on_columns_equal_the_dict_forms(topology: str, options: Options) -> None:
+    traces, _, _ = _traces(topology, options, requests=30)
+    samples = [*traces.values(), _random_span_dicts(random.Random(2), 200)]
+    for spans in samples:
+        domains = _reference_trace_domains(spans)
+        columns = TraceColumns.of(spans)
+        assert trace_pair_bounds(spans, domains, columns) == _pair_bounds_of_dicts(spans, domains)
+        offsets = ClockOffsets()
+        offsets.add(trace_pair_bounds(spans))
+        assert clock_shifts(spans, offsets, domains, columns) == clock_shifts(spans, offsets, domains)
