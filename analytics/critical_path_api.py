@@ -204,12 +204,13 @@ def critical_path_router(cursor: Callable[[], duckdb.DuckDBPyConnection], classi
 
         actual, projected = [], []
         for spans in traces.values():
-            start = min(int(s["start_ns"]) for s in spans)
-            offsets = windows.at(start)
-            offsets.add(trace_pair_bounds(spans))
-            path = trace_path(spans, classifier, offsets)
-            actual.append(path.duration_ns)
-            projected.append(projected_duration_ns(*path.replay(), removed))
+            with paused_gc():  # one trace at a time: acyclic objects only (trace_columns.py)
+                start = min(int(s["start_ns"]) for s in spans)
+                offsets = windows.at(start)
+                offsets.add(trace_pair_bounds(spans))
+                path = trace_path(spans, classifier, offsets)
+                actual.append(path.duration_ns)
+                projected.append(projected_duration_ns(*path.replay(), removed))
         return {"service": service, "operation": operation, "component": component,
                 "component_service": component_service, "since_unix_us": low // 1000, "until_unix_us": high // 1000,
                 "traces": total, "replayed": len(actual), "sampled": len(actual) < total,

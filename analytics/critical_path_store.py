@@ -14,7 +14,7 @@ import pyarrow as pa
 from hopscope.analytics import skew
 from hopscope.analytics.classify import Classifier
 from hopscope.analytics.skew import ClockOffsets, OffsetWindows, trace_pair_bounds
-from hopscope.analytics.trace_columns import TraceColumns
+from hopscope.analytics.trace_columns import TraceColumns, paused_gc
 from hopscope.analytics.trace_path import TracePath, trace_path
 
 PATH_COLUMNS = (
@@ -100,13 +100,14 @@ class CriticalPathKeeper:
         windows = OffsetWindows(db, min(starts), max(starts))
         sections: list[dict] = []
         summaries: list[dict] = []
-        for spans in traces.values():
-            if not spans:
-                continue
-            path = trace_path(spans, self._classifier, windows.at(min(int(s["start_ns"]) for s in spans)))
-            rows, summary = _rows(path)
-            sections += rows
-            summaries.append(summary)
+        with paused_gc():  # acyclic objects only (trace_columns.py)
+            for spans in traces.values():
+                if not spans:
+                    continue
+                path = trace_path(spans, self._classifier, windows.at(min(int(s["start_ns"]) for s in spans)))
+                rows, summary = _rows(path)
+                sections += rows
+                summaries.append(summary)
         for name, columns, rows in (("critical_path", PATH_COLUMNS, sections),
                                     ("critical_path_traces", TRACE_COLUMNS, summaries)):
             table = pa.Table.from_pylist(rows, schema=pa.schema([pa.field(c, t) for c, _, t, _ in columns]))
