@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from hopscope.analytics import trace_accelerator
 from hopscope.analytics.trace_columns import column
 
 ROLES = (
@@ -111,6 +112,10 @@ class Classifier:
         self.rules = tuple(rules)
         self._fields = tuple(dict.fromkeys(field for rule in self.rules for field, _, _ in rule.conditions))
         self._key = _memo_key(self._fields)
+        # the same key for the C pass (trace_accelerator.py): (0 the span, 1 its attributes, 2 its resource, key)
+        self._spec = tuple((1, f[len("attribute."):]) if f.startswith("attribute.") else
+                           (2, f[len("resource."):]) if f.startswith("resource.") else
+                           (0, "scope_name" if f == "scope" else f) for f in self._fields)
         self._memo: dict[tuple, str] = {}
 
     def role_by_rules(self, span: Mapping[str, Any]) -> str:
@@ -137,6 +142,17 @@ class Classifier:
               resources: Sequence[dict[str, Any]]) -> list[str]:
         """`role` of each span of a trace, its memo keys read a column at a time (trace_columns.py: `attributes`
         and `resources` are the spans' maps, {} when absent)."""
+        native = trace_accelerator.NATIVE
+        if native is not None and isinstance(spans, list):
+            found = native.memoised(self._memo, MEMO_SIZE, lambda i: self.role_by_rules(spans[i]), self._spec,
+                                    (spans, attributes, resources), None)
+            if found is not None:
+                return found  # type: ignore[no-any-return]
+        return self.roles_reference(spans, attributes, resources)
+
+    def roles_reference(self, spans: Sequence[dict[str, Any]], attributes: Sequence[dict[str, Any]],
+                        resources: Sequence[dict[str, Any]]) -> list[str]:
+        """`roles` in Python, the reference of the C pass."""
         columns = []
         for field in self._fields:
             if field.startswith("attribute."):

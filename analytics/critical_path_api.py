@@ -14,6 +14,7 @@ import duckdb
 import orjson
 from fastapi import APIRouter, HTTPException, Query, Response
 
+from hopscope.analytics import trace_accelerator
 from hopscope.analytics.aggregates import ms
 from hopscope.analytics.classify import Classifier
 from hopscope.analytics.critical_path_store import offsets_for
@@ -21,7 +22,7 @@ from hopscope.analytics.follower import SPAN_FIELDS
 from hopscope.analytics.params import SINCE_HELP, checked_trace_id, window
 from hopscope.analytics.path_labels import COMPONENTS, Segment
 from hopscope.analytics.skew import OffsetWindows, trace_domains, trace_pair_bounds
-from hopscope.analytics.trace_columns import TraceColumns, column, paused_gc
+from hopscope.analytics.trace_columns import TraceColumns, paused_gc
 from hopscope.analytics.trace_lookup import span_from_row, trace_spans
 from hopscope.analytics.trace_path import TracePath, trace_path
 from hopscope.analytics.what_if import projected_duration_ns
@@ -82,6 +83,10 @@ def sections_json(segments: list[Segment], names: dict[str, str]) -> list[dict[s
     """One JSON object per section, its values computed a column at a time (map loops in C)."""
     if not segments:
         return []
+    native = trace_accelerator.NATIVE
+    rows = native.sections(segments, names) if native is not None else None
+    if rows is not None:
+        return rows  # type: ignore[no-any-return]
     span_ids, services, components, starts, ends = zip(*segments, strict=True)
     named = map(names.get, span_ids) if "" not in names else (names.get(i or "") for i in span_ids)
     durations = map(round, map(truediv, map(sub, ends, starts), repeat(1e6)), repeat(3))  # aggregates.ms
@@ -104,7 +109,7 @@ def trace_critical_path_json(db: duckdb.DuckDBPyConnection, spans: list[dict[str
         domains = trace_domains(spans, columns) if skew == "corrected" else None
         offsets = offsets_for(db, spans, domains, columns) if skew == "corrected" else None
         path = trace_path(spans, classifier, offsets, domains, columns)
-        names = dict(zip(columns.ids, column(spans, "name"), strict=True)) if columns else \
+        names = dict(zip(columns.ids, columns.names, strict=True)) if columns else \
             {s["span_id"]: s["name"] for s in spans}
         return orjson.dumps(path_json(path, names))
 

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from itertools import repeat
 from typing import Any, NamedTuple, Protocol
 
+from hopscope.analytics.classify import ROLES
 from hopscope.analytics.critical_path import SpanTree
 from hopscope.analytics.hops import CALLEE_SIDE, OUTBOUND, UPSTREAM, TraceHops, service_of
 from hopscope.analytics.trace_arrays import IndexedTree
@@ -37,6 +38,13 @@ COMPONENTS = ("iptables", "proxy", "network", "app", "retry", "untraced")
 _OWN_TIME = {"app_server": "app", "app_internal": "app", "layer_app": "app", "proxy_inbound": "proxy",
              "waypoint": "proxy", "proxy_upstream_inbound": "proxy", "layer_proxy": "proxy",
              "proxy_upstream_outbound": "network", "layer_iptables": "iptables", "layer_network": "network"}
+
+
+# what _critical_path.c's labeller asks of a role (its R_* bits), by role
+ROLE_BITS = {role: (1 if role == "app_client" else 0) | (2 if role in OUTBOUND else 0)
+             | (4 if role in UPSTREAM else 0) | (8 if role in CALLEE_SIDE else 0)
+             | (16 if role == "layer_iptables" else 0) | (32 if role == "layer_network" else 0)
+             | (64 if role.startswith("layer_") else 0) for role in ROLES}
 
 
 class Segment(NamedTuple):  # a tuple, not a dataclass: a long path has one per section, built in bulk
@@ -155,6 +163,19 @@ def _split(pieces: list[tuple[int, int, str]], intervals: list[tuple[int, int]],
     return [(a, b, c) for a, b, c in out if b > a]
 
 
+def own_components(roles: list[str]) -> list[str]:
+    """Each span's own-time component by its role alone (clients and outbound spans are then worked out)."""
+    return list(map(_OWN_TIME.get, roles, repeat("app")))
+
+
+def service_at(spans: Sequence[dict[str, Any]], roles: list[str], parent: list[int], span: int) -> str:
+    """IndexedLabeller.service_at, unmemoised (the service of the C path's root)."""
+    role, up = roles[span], parent[span]
+    if role.startswith("layer_") and up >= 0:  # an agent's span reports on its parent's behalf
+        return service_of(spans[up], roles[up])
+    return service_of(spans[span], role)
+
+
 class IndexedLabeller:
     """PathLabeller on positions (trace_arrays.py), for the pipeline: the same components and services, each
     service worked out only for a span that is on the path. tests/test_trace_arrays.py checks it against
@@ -171,7 +192,7 @@ class IndexedLabeller:
         self._wire: dict[int, list[tuple[int, int]]] = {}
         self._services: dict[int, str] = {}
         self._positions: dict[str, int] | None = None
-        self.component = list(map(_OWN_TIME.get, roles, repeat("app")))
+        self.component = own_components(roles)
         for i in [i for i, role in enumerate(roles) if role == "app_client" or role in OUTBOUND]:
             if roles[i] == "app_client":
                 self.component[i] = self._client_component(i)

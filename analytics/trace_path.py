@@ -19,10 +19,19 @@ from itertools import repeat
 from operator import add
 from typing import Any
 
+from hopscope.analytics import trace_accelerator
 from hopscope.analytics.classify import Classifier
 from hopscope.analytics.critical_path import PathSpan, SpanTree, critical_path, span_tree
-from hopscope.analytics.hops import TraceHops
-from hopscope.analytics.path_labels import IndexedLabeller, Labels, PathLabeller, Segment
+from hopscope.analytics.hops import TraceHops, service_of
+from hopscope.analytics.path_labels import (
+    ROLE_BITS,
+    IndexedLabeller,
+    Labels,
+    PathLabeller,
+    Segment,
+    own_components,
+    service_at,
+)
 from hopscope.analytics.skew import ClockOffsets, clock_shifts, correct_clock_skew, is_follows_from, trace_domains
 from hopscope.analytics.trace_arrays import IndexedTree, indexed_tree, walk
 from hopscope.analytics.trace_columns import TraceColumns
@@ -49,6 +58,9 @@ class TracePath:
 
     def totals(self) -> dict[tuple[str | None, str], int]:
         """(service, component) → ns on the path."""
+        if self._totals is None:
+            native = trace_accelerator.NATIVE
+            self._totals = native.totals(self.segments) if native is not None else None
         if self._totals is None:
             sums: dict[tuple[str | None, str], int] = defaultdict(int)
             for segment in self.segments:
@@ -88,6 +100,9 @@ def trace_path(spans: list[dict[str, Any]], classifier: Classifier, offsets: Clo
             end = list(map(add, end, shift))
     else:
         report = clock_shifts(spans, None)[1]
+    native = _native_path(spans, columns, roles, start, end, kinds, follows_from, report)
+    if native is not None:
+        return native
     tree = indexed_tree(ids, parent_ids, columns.parent, start, end, kinds, follows_from)
     labeller = IndexedLabeller(spans, roles, tree, start)
     segments = labeller.label_walk(*walk(tree))
@@ -100,6 +115,34 @@ def trace_path(spans: list[dict[str, Any]], classifier: Classifier, offsets: Clo
         span_count=len(spans), roots=len(tree.roots) if tree.root == len(spans) else 1,
         flagged=[(ids[i], text) for i in sorted(tree.flags, key=ids.__getitem__) for text in tree.flags[i]],
         replay=lambda: (_span_tree(tree, kinds, follows_from), labeller))
+
+
+def _native_path(spans: list[dict[str, Any]], columns: TraceColumns, roles: list[str], start: list[int],
+                 end: list[int], kinds: list[str], follows_from: list[bool],
+                 report: dict[str, Any]) -> TracePath | None:
+    """indexed_tree + walk + IndexedLabeller.label_walk in C (trace_accelerator.py); None when it is not built or
+    the input is not what it expects. The what-if replay, rarely asked for, rebuilds the tree in Python."""
+    native = trace_accelerator.NATIVE
+    if native is None:
+        return None
+    ids, parent = columns.ids, columns.parent
+    found = native.path(ids, columns.parent_ids, parent, start, end, kinds, follows_from, roles,
+                        list(map(ROLE_BITS.get, roles, repeat(0))), own_components(roles), columns.services,
+                        columns.attributes, columns.resources, lambda i: service_of(spans[i], roles[i]), Segment)
+    if found is None:
+        return None
+    segments, flags, root, roots, first, top_start, top_end = found
+
+    def replay() -> tuple[SpanTree, Labels]:
+        tree = indexed_tree(ids, columns.parent_ids, parent, start, end, kinds, follows_from)
+        return _span_tree(tree, kinds, follows_from), IndexedLabeller(spans, roles, tree, start)
+
+    return TracePath(
+        trace_id=spans[0]["trace_id"], segments=segments, skew_report=report,
+        root_service=service_at(spans, roles, parent, first) if first >= 0 else None,
+        root_operation=spans[first]["name"] if first >= 0 else None, start_ns=top_start, end_ns=top_end,
+        span_count=len(spans), roots=roots if root == len(spans) else 1,
+        flagged=[(ids[i], text) for i in sorted(flags, key=ids.__getitem__) for text in flags[i]], replay=replay)
 
 
 def _span_tree(tree: IndexedTree, kinds: list[str], follows_from: list[bool]) -> SpanTree:

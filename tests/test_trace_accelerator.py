@@ -1,0 +1,208 @@
+"""The C accelerator of the per-trace critical path (analytics/_critical_path.c) against the Python reference it
+mirrors: the same columns, roles, clock domains, path (sections, labels, flags, replays) and the same JSON body,
+byte for byte, on random traces with every awkward shape, wide and deep ones, the simulator's meshes, and hostile
+input the C code must hand back to Python rather than crash on."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import duckdb
+import pytest
+
+from hopscope.analytics import skew, trace_accelerator
+from hopscope.analytics.classify import Classifier
+from hopscope.analytics.critical_path import PathSpan
+from hopscope.analytics.critical_path_api import sections_json, trace_critical_path_json
+from hopscope.analytics.path_labels import Segment
+from hopscope.analytics.skew import ClockOffsets, trace_domains, trace_pair_bounds
+from hopscope.analytics.trace_columns import TraceColumns
+from hopscope.analytics.trace_path import TracePath, trace_path
+from hopscope.instrumentation.meshsim import Options
+from tests.test_skew import _traces
+from tests.test_trace_arrays import _random_records, _random_span_dicts, _replayed
+
+pytestmark = pytest.mark.skipif(trace_accelerator.NATIVE is None, reason="the C accelerator is not built here")
+
+
+class _Spy:
+    """The accelerator, noting which of its functions handed back to Python (answered None)."""
+
+    def __init__(self, module: Any) -> None:
+        self.module, self.fallbacks = module, []
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:
+            found = getattr(self.module, name)(*args)
+            if found is None:
+                self.fallbacks.append(name)
+            return found
+
+        return call
+
+
+def _both(monkeypatch: pytest.MonkeyPatch, compute: Callable[[], Any], fallbacks: list[str] | None = None
+          ) -> tuple[Any, Any]:
+    """compute() with the C accelerator, then with the Python reference (an exception counts as the answer); the
+    names of C functions that handed back to Python are added to `fallbacks`."""
+
+    def answer() -> Any:
+        try:
+            return compute()
+        except Exception as error:  # noqa: BLE001 - both sides must fail the same way
+            return type(error)
+
+    spy = _Spy(trace_accelerator.NATIVE)
+    with monkeypatch.context() as patch:
+        patch.setattr(trace_accelerator, "NATIVE", spy)
+        native = answer()
+    if fallbacks is not None:
+        fallbacks += spy.fallbacks
+    with monkeypatch.context() as patch:
+        patch.setattr(trace_accelerator, "NATIVE", None)
+        reference = answer()
+    return native, reference
+
+
+def _path_fields(path: TracePath) -> tuple:
+    replays = tuple(_replayed(path, component) for component in ("iptables", "proxy", "network", "app", "retry"))
+    return (path.trace_id, path.segments, path.skew_report, path.root_service, path.root_operation, path.start_ns,
+            path.end_ns, path.span_count, path.roots, path.flagged, path.totals(), replays)
+
+
+def _assert_same_everywhere(monkeypatch: pytest.MonkeyPatch, spans: list[dict[str, Any]]) -> None:
+    """Everything the route computes, both ways; on these (well-formed) traces the C code answers every call."""
+    fallbacks: list[str] = []
+    classifier = Classifier()
+    db = duckdb.connect()
+    skew.create(db)
+    for what in (lambda: vars(TraceColumns.of(spans)),
+                 lambda: classifier.roles(spans, *(lambda c: (c.attributes, c.resources))(TraceColumns.of(spans))),
+                 lambda: trace_domains(spans),
+                 lambda: trace_critical_path_json(db, spans, classifier, "corrected"),
+                 lambda: trace_critical_path_json(db, spans, classifier, "raw")):
+        native, reference = _both(monkeypatch, what, fallbacks)
+        assert native == reference
+    offsets = ClockOffsets()
+    offsets.add(trace_pair_bounds(spans))
+    for chosen in (offsets, None):
+        native, reference = _both(monkeypatch, lambda c=chosen: _path_fields(trace_path(spans, classifier, c)),
+                                  fallbacks)
+        assert native == reference
+    assert fallbacks == []
+
+
+def _span_dicts(records: list[PathSpan], node: Callable[[int], str] = lambda i: "n1") -> list[dict[str, Any]]:
+    return [{"trace_id": "t", "span_id": r.span_id, "parent_span_id": r.parent_id, "start_ns": r.start_ns,
+             "end_ns": r.end_ns, "kind": r.kind, "name": f"op {i % 7}", "service_name": f"svc{i % 3}",
+             "attributes": {}, "resource_attributes": {"k8s.node.name": node(i)}, "links": None}
+            for i, r in enumerate(records)]
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_accelerator_equals_the_reference_on_random_traces(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """Orphans, several roots, asynchronous links, overflowing and zero-length children, parent cycles, ties,
+    sidecars, retries and explicit layers (tests/test_trace_arrays.py's generator)."""
+    rng = random.Random(seed)
+    _assert_same_everywhere(monkeypatch, _random_span_dicts(rng, rng.randint(1, 150)))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_accelerator_equals_the_reference_on_random_trees(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    rng = random.Random(seed)
+    records = _random_records(rng, rng.randint(0, 200))
+    _assert_same_everywhere(monkeypatch, _span_dicts(records, lambda i: f"n{i % 3}"))
+
+
+@pytest.mark.parametrize(("topology", "options"), [
+    ("bookinfo", Options(spawn_upstream_span=True)), ("bookinfo", Options()), ("shop", Options()),
+    ("shop", Options(ebpf_spans=True)), ("bookinfo", Options(mesh="linkerd")), ("shop", Options(mesh="ambient")),
+    ("bookinfo", Options(lost_span_rate=0.1)), ("shop", Options(mesh="ambient-l4")),
+])
+def test_accelerator_equals_the_reference_on_simulated_meshes(monkeypatch: pytest.MonkeyPatch, topology: str,
+                                                              options: Options) -> None:
+    traces, _, _ = _traces(topology, options, requests=25)
+    for spans in traces.values():
+        _assert_same_everywhere(monkeypatch, spans)
+
+
+@pytest.mark.parametrize("records", [
+    [PathSpan("root", None, 0, 1_000_000)] + [PathSpan(f"c{i:06}", "root", i * 10, i * 10 + 10)
+                                              for i in range(100_000)],
+    [PathSpan("root", None, 0, 1_000)] + [PathSpan(f"c{i:06}", "root", 10, 500 + i % 400) for i in range(100_000)],
+    [PathSpan("s0", None, 0, 200_000)] + [PathSpan(f"s{i}", f"s{i - 1}", i * 10, 200_000 - i * 10)
+                                          for i in range(1, 10_000)],
+], ids=["100k-back-to-back-children", "100k-parallel-children", "depth-10k"])
+def test_accelerator_equals_the_reference_on_wide_and_deep_traces(monkeypatch: pytest.MonkeyPatch,
+                                                                  records: list[PathSpan]) -> None:
+    """The C tree and walk keep explicit stacks: a 10,000-deep chain needs no recursion."""
+    spans = _span_dicts(records, lambda i: "n1" if i % 2 else "n2")
+    classifier = Classifier()
+    fallbacks: list[str] = []
+    native, reference = _both(monkeypatch, lambda: trace_path(spans, classifier, None), fallbacks)
+    assert fallbacks == []
+    assert (native.segments, native.flagged, native.start_ns, native.end_ns) == \
+        (reference.segments, reference.flagged, reference.start_ns, reference.end_ns)
+    db = duckdb.connect()
+    skew.create(db)
+    native, reference = _both(monkeypatch, lambda: trace_critical_path_json(db, spans, classifier, "corrected"))
+    assert native == reference
+
+
+def _hostile(base: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    def changed(index: int, **fields: Any) -> list[dict[str, Any]]:
+        spans = [dict(span) for span in base]
+        spans[index].update(fields)
+        return spans
+
+    return [
+        changed(3, start_ns=float(base[3]["start_ns"])),  # int() in the reference
+        changed(3, end_ns=True),
+        changed(3, start_ns=2**63), changed(4, end_ns=-(2**62)), changed(2, start_ns=2**62 - 1),
+        changed(3, start_ns="12"),
+        changed(5, attributes=[("node_id", "x")]), changed(5, resource_attributes="node"),
+        changed(5, attributes={"node_id": ["unhashable"], "upstream_cluster": {"a": 1}}),
+        changed(5, resource_attributes={"k8s.pod.name": ["p"], "host.name": {"h": 1}}),
+        changed(6, span_id=""), changed(6, span_id=7), changed(6, span_id=("a",)), changed(6, span_id=["a"]),
+        changed(6, parent_span_id=["x"]), changed(6, parent_span_id=0), changed(6, parent_span_id=7),
+        changed(7, kind=3), changed(7, kind=""), changed(7, service_name=True), changed(7, service_name=1),
+        changed(7, name=None), changed(8, links="not json"), changed(8, links=[{"attributes": None}]),
+        [*base, dict(base[4])],  # a duplicate span id
+        [dict(span, parent_span_id=span["span_id"]) for span in base],  # every span its own parent
+        [{k: v for k, v in span.items() if k != "name"} for span in base],
+        [{"span_id": "only"}],
+        [1, 2, 3],  # type: ignore[list-item]
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_hostile(_random_span_dicts(random.Random(0), 20)))))
+def test_hostile_input_gets_the_references_answer(monkeypatch: pytest.MonkeyPatch, case: int) -> None:
+    """Odd input takes the Python path (or fails as it does), never a crash in C."""
+    spans = _hostile(_random_span_dicts(random.Random(9), 20))[case]
+    classifier = Classifier()
+    db = duckdb.connect()
+    skew.create(db)
+    for what in (lambda: vars(TraceColumns.of(spans)), lambda: trace_domains(spans),
+                 lambda: _path_fields(trace_path(spans, classifier, None)),
+                 lambda: trace_critical_path_json(db, spans, classifier, "corrected")):
+        native, reference = _both(monkeypatch, what)
+        assert native == reference
+
+
+def test_section_durations_round_as_python_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """round(ns / 1e6, 3) in C: exact ties (62,500 ns = 0.0625 ms rounds to even), near-ties, and beyond 2^43."""
+    durations = [*range(0, 3_000), *range(62_000, 63_000), *(q * 62_500 for q in range(1, 400)),
+                 *(1_000 * q + 500 for q in range(0, 100_000, 37)), 2**43 - 1, 2**43, 2**43 + 500, 2**53 + 1]
+    rng = random.Random(4)
+    durations += [rng.randrange(2**50) for _ in range(20_000)]
+    segments = [Segment(f"s{i}", "svc", "app", 10**18 - 7 + i, 10**18 - 7 + i + d) for i, d in enumerate(durations)]
+    segments.append(Segment(None, None, "untraced", -1_500, -999))
+    names = {f"s{i}": f"op{i}" for i in range(0, len(segments), 3)}
+    fallbacks: list[str] = []
+    native, reference = _both(monkeypatch, lambda: sections_json(segments, names), fallbacks)
+    assert native == reference
+    native, reference = _both(monkeypatch, lambda: sections_json(segments, {**names, "": "empty"}), fallbacks)
+    assert native == reference
+    assert fallbacks == []
