@@ -84,6 +84,8 @@ def demo_feeder(arguments: argparse.Namespace) -> Callable[..., None]:
         print(f"demo: feeding the {arguments.topology} mesh at {arguments.rate:g} requests/s "
               f"(hops appear ~{arguments.settle_seconds:g} s after their trace)\n"
               f"  in a terminal:  .venv/bin/hopscope breakdown --api {api}\n"
+              f"  in SQL:         .venv/bin/hopscope sql --api {api} \"SELECT caller, callee, "
+              f"median(network_ns) / 1e6 AS network_ms FROM hops GROUP BY ALL\"\n"
               f"  as JSON:        {api}/api/v1/hops/summary   (OpenAPI: {api}/docs)\n"
               f"open {api}/   ← the service map", flush=True)
         try:
