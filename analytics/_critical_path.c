@@ -26,10 +26,11 @@
 #define R_LAYER_IPTABLES 16
 #define R_LAYER_NETWORK 32
 #define R_LAYER 64
+#define R_APP 128 /* service_of reads only the service name */
 
 static PyObject *S_span_id, *S_parent_span_id, *S_start_ns, *S_end_ns, *S_kind, *S_service_name, *S_attributes,
-    *S_resource_attributes, *S_links, *S_name, *S_node, *S_pod, *S_canonical, *S_node_id, *S_app, *S_empty,
-    *S_INTERNAL, *C_untraced, *C_retry, *C_proxy, *C_network, *C_iptables, *K_span_id, *K_name, *K_service,
+    *S_resource_attributes, *S_links, *S_name, *S_empty,
+    *C_untraced, *C_retry, *C_proxy, *C_network, *C_iptables, *K_span_id, *K_name, *K_service,
     *K_component, *K_start_us, *K_end_us, *K_duration_ms, *ROUND;
 
 /* Unexpected input: clear the error and answer None (the caller runs the Python reference). */
@@ -79,12 +80,25 @@ static int64_t floor_div(int64_t a, int64_t b) {
     return q;
 }
 
-/* ---- columns(spans, empty) : TraceColumns.of ------------------------------------------------------------ */
+/* ---- columns(spans, empty, attribute_keys, resource_keys) : TraceColumns.of ----------------------------------
+ * The twelve columns of TraceColumns (after spans), then per given key [m.get(key) for m in attributes] and the
+ * same for resources, read while each span's maps are in cache. */
 
 static PyObject *columns(PyObject *self, PyObject *args) {
-    PyObject *spans, *empty;
-    if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &spans, &PyDict_Type, &empty)) return NULL;
+    PyObject *spans, *empty, *map_keys[2] = {NULL, NULL}, *map_lists[2] = {NULL, NULL};
+    if (!PyArg_ParseTuple(args, "O!O!O!O!", &PyList_Type, &spans, &PyDict_Type, &empty, &PyTuple_Type, &map_keys[0],
+                          &PyTuple_Type, &map_keys[1]))
+        return NULL;
     Py_ssize_t n = PyList_GET_SIZE(spans);
+    for (int f = 0; f < 2; f++) {  /* the attribute and resource keys to read in the same pass */
+        map_lists[f] = PyTuple_New(PyTuple_GET_SIZE(map_keys[f]));
+        if (!map_lists[f]) goto early;
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(map_keys[f]); k++) {
+            PyObject *list = PyUnicode_CheckExact(PyTuple_GET_ITEM(map_keys[f], k)) ? PyList_New(n) : NULL;
+            if (!list) goto early;
+            PyTuple_SET_ITEM(map_lists[f], k, list);
+        }
+    }
     PyObject *ids = PyList_New(n), *parent_ids = PyList_New(n), *start = PyList_New(n), *end = PyList_New(n),
              *kinds = PyList_New(n), *services = PyList_New(n), *attributes = PyList_New(n),
              *resources = PyList_New(n), *links = PyList_New(n), *names = PyList_New(n), *position = PyDict_New(),
@@ -125,6 +139,12 @@ static PyObject *columns(PyObject *self, PyObject *args) {
             else if (!PyDict_CheckExact(m)) goto unexpected;  /* the reference raises TypeError */
             Py_INCREF(m);
             PyList_SET_ITEM(map_targets[f], i, m);
+            for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(map_keys[f]); k++) {
+                PyObject *v = dict_get(m, PyTuple_GET_ITEM(map_keys[f], k));
+                if (!v) goto unexpected;
+                Py_INCREF(v);
+                PyList_SET_ITEM(PyTuple_GET_ITEM(map_lists[f], k), i, v);
+            }
         }
         positions[i] = PyLong_FromSsize_t(i);
         if (!positions[i] || PyDict_SetItem(position, id, positions[i]) < 0) goto unexpected;
@@ -145,8 +165,8 @@ static PyObject *columns(PyObject *self, PyObject *args) {
         Py_INCREF(at);
         PyList_SET_ITEM(parent, i, at);
     }
-    result = PyTuple_Pack(12, ids, parent_ids, start, end, kinds, services, attributes, resources, links, names,
-                          position, parent);
+    result = PyTuple_Pack(14, ids, parent_ids, start, end, kinds, services, attributes, resources, links, names,
+                          position, parent, map_lists[0], map_lists[1]);
     goto done;
 unexpected:
     result = fallback();
@@ -158,7 +178,11 @@ done:
         for (Py_ssize_t i = 0; i < n; i++) Py_XDECREF(positions[i]);
         PyMem_Free(positions);
     }
+    Py_XDECREF(map_lists[0]); Py_XDECREF(map_lists[1]);
     return result;
+early:
+    Py_XDECREF(map_lists[0]); Py_XDECREF(map_lists[1]);
+    return fallback();
 }
 
 /* ---- memoised(memo, limit, compute, spec, sources, positions) --------------------------------------------
@@ -248,57 +272,50 @@ done:
     return result;
 }
 
-/* ---- node_domains(resources) : trace_domains' first rule ---------------------------------------------------
- * (own, pod_nodes, pending): own[i] = str(node) where the resource names a node, else None (and i is pending);
- * pod_nodes = {str(pod): str(node)} for resources naming both. */
+/* ---- node_domains(nodes, pods) : trace_domains' first rule -------------------------------------------------
+ * (own, pod_nodes, pending): own[i] = str(nodes[i]) where a node is named, else None (and i is pending);
+ * pod_nodes = {str(pod): str(node)} where both are named. */
 
 static PyObject *node_domains(PyObject *self, PyObject *args) {
-    PyObject *resources;
-    if (!PyArg_ParseTuple(args, "O!", &PyList_Type, &resources)) return NULL;
-    Py_ssize_t n = PyList_GET_SIZE(resources);
+    PyObject *nodes, *pods;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &nodes, &PyList_Type, &pods)) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(nodes);
+    if (!is_list_of(pods, n)) return fallback();
     PyObject *own = PyList_New(n), *pod_nodes = PyDict_New(), *pending = PyList_New(0), *result = NULL;
     if (!own || !pod_nodes || !pending) goto done;
+    Py_INCREF(nodes); Py_INCREF(pods);
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *resource = item(resources, i);
-        if (!resource || !PyDict_Check(resource)) goto unexpected;
-        PyObject *node = dict_get(resource, S_node), *pod = node ? dict_get(resource, S_pod) : NULL;
+        PyObject *node = item(nodes, i), *pod = item(pods, i);
         if (!node || !pod) goto unexpected;
-        Py_INCREF(node);
-        Py_INCREF(pod);
         int has_node = PyObject_IsTrue(node), has_pod = has_node > 0 ? PyObject_IsTrue(pod) : 0;
         PyObject *domain = NULL;
-        if (has_node < 0 || has_pod < 0) goto drop;
+        if (has_node < 0 || has_pod < 0) goto unexpected;
         if (has_node) {
             domain = PyObject_Str(node);
-            if (!domain) goto drop;
+            if (!domain) goto unexpected;
             if (has_pod) {
                 PyObject *pod_name = PyObject_Str(pod);
                 if (!pod_name || PyDict_SetItem(pod_nodes, pod_name, domain) < 0) {
                     Py_XDECREF(pod_name);
-                    goto drop;
+                    Py_DECREF(domain);
+                    goto unexpected;
                 }
                 Py_DECREF(pod_name);
             }
         } else {
             PyObject *at = PyLong_FromSsize_t(i);
-            if (!at || PyList_Append(pending, at) < 0) { Py_XDECREF(at); goto drop; }
+            if (!at || PyList_Append(pending, at) < 0) { Py_XDECREF(at); goto unexpected; }
             Py_DECREF(at);
             domain = Py_NewRef(Py_None);
         }
-        Py_DECREF(node);
-        Py_DECREF(pod);
         PyList_SET_ITEM(own, i, domain);
-        continue;
-    drop:
-        Py_XDECREF(domain);
-        Py_DECREF(node);
-        Py_DECREF(pod);
-        goto unexpected;
     }
     result = PyTuple_Pack(3, own, pod_nodes, pending);
-    goto done;
+    goto release;
 unexpected:
     result = fallback();
+release:
+    Py_DECREF(nodes); Py_DECREF(pods);
 done:
     Py_XDECREF(own); Py_XDECREF(pod_nodes); Py_XDECREF(pending);
     return result;
@@ -397,7 +414,7 @@ static PyObject *new_segment(PyTypeObject *type, PyObject *span_id, PyObject *se
 
 typedef struct {
     Tree *t;
-    PyObject *roles, *services, *attributes, *resources, *compute, *memo;
+    PyObject *roles, *services, *canonicals, *node_ids, *apps, *compute, *memo;
     PyObject **cache;  /* per position: its service (owned) */
 } Services;
 
@@ -407,15 +424,22 @@ static PyObject *service_at(Services *sv, Py_ssize_t span) {
     if (sv->cache[span]) return sv->cache[span];
     Py_ssize_t subject = (sv->t->bits[span] & R_LAYER) && sv->t->par[span] >= 0 ? sv->t->par[span] : span;
     PyObject *role = item(sv->roles, subject), *service = item(sv->services, subject);
-    PyObject *attrs = item(sv->attributes, subject), *res = item(sv->resources, subject);
-    if (!role || !service || !attrs || !res || !PyDict_Check(attrs) || !PyDict_Check(res)) return NULL;
-    PyObject *canonical = dict_get(attrs, S_canonical), *node_id = canonical ? dict_get(attrs, S_node_id) : NULL;
-    PyObject *app = node_id ? dict_get(res, S_app) : NULL;
-    if (!app) return NULL;
+    if (!role || !service) return NULL;
+    PyObject *canonical = Py_None, *node_id = Py_None, *app = Py_None;
+    int fields = 2;
+    if (!(sv->t->bits[subject] & R_APP)) {  /* a proxy's span: named by its attributes */
+        canonical = item(sv->canonicals, subject);
+        node_id = item(sv->node_ids, subject);
+        app = item(sv->apps, subject);
+        if (!canonical || !node_id || !app) return NULL;
+        fields = 5;
+    }
     PyObject *parts[] = {role, service, canonical, node_id, app};
     int plain = 1;
     for (int k = 0; k < 5; k++) plain &= parts[k] == Py_None || PyUnicode_CheckExact(parts[k]);
-    PyObject *key = plain ? PyTuple_Pack(5, role, service, canonical, node_id, app) : NULL, *value = NULL;
+    PyObject *key = !plain ? NULL : fields == 2 ? PyTuple_Pack(2, role, service)
+                                                : PyTuple_Pack(5, role, service, canonical, node_id, app);
+    PyObject *value = NULL;
     if (plain && !key) return NULL;
     if (key) {
         value = PyDict_GetItemWithError(sv->memo, key);
@@ -544,24 +568,24 @@ static int is_ascii(PyObject *s, const char *text) {
            PyUnicode_CompareWithASCIIString(s, text) == 0;
 }
 
-/* path(ids, parent_ids, parent, start, end, kinds, follows_from, roles, bits, own, services, attributes, resources,
- *      service_of, segment_type)
+/* path(ids, parent_ids, parent, start, end, kinds, follows_from, roles, bits, own, services, canonical_services,
+ *      node_ids, apps, service_of, segment_type): the last three columns are what hops.service_of reads
  * -> (segments, flags, root, roots, first, top_start, top_end) or None. root: a position, n (the virtual root over
  * several roots) or -1; flags {position: [text]} as IndexedTree.flags; first: the (first) root's position or -1;
  * top: the root's interval (0, 0 without one). */
 static PyObject *path(PyObject *self, PyObject *args) {
     PyObject *ids, *parent_ids, *parent, *start, *end, *kinds, *follows, *roles, *bits, *own, *services,
-        *attributes, *resources, *compute;
+        *canonicals, *node_ids, *apps, *compute;
     PyTypeObject *segment_type;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOOOO!", &ids, &parent_ids, &parent, &start, &end, &kinds, &follows,
-                          &roles, &bits, &own, &services, &attributes, &resources, &compute, &PyType_Type,
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOOOOO!", &ids, &parent_ids, &parent, &start, &end, &kinds, &follows,
+                          &roles, &bits, &own, &services, &canonicals, &node_ids, &apps, &compute, &PyType_Type,
                           &segment_type))
         return NULL;
     if (!PyList_CheckExact(ids)) return fallback();
     Py_ssize_t n = PyList_GET_SIZE(ids);
-    PyObject *lists[] = {parent_ids, parent, start, end, kinds, follows, roles, bits, own, services, attributes,
-                         resources};
-    for (int k = 0; k < 12; k++)
+    PyObject *lists[] = {parent_ids, parent, start, end, kinds, follows, roles, bits, own, services, canonicals,
+                         node_ids, apps};
+    for (int k = 0; k < 13; k++)
         if (!is_list_of(lists[k], n)) return fallback();
     if (!PyType_IsSubtype(segment_type, &PyTuple_Type) || segment_type->tp_basicsize != PyTuple_Type.tp_basicsize ||
         segment_type->tp_itemsize != PyTuple_Type.tp_itemsize || n >= PY_SSIZE_T_MAX / 16)
@@ -590,7 +614,7 @@ static PyObject *path(PyObject *self, PyObject *args) {
     int64_t *lows = PyMem_Calloc((size_t)cap, sizeof(int64_t)), *highs = PyMem_Calloc((size_t)cap, sizeof(int64_t));
     Piece *buffer = NULL, *spare = NULL;
     PyObject *flags = PyDict_New(), *segments = PyList_New(0), *memo = PyDict_New(), *result = NULL;
-    Services sv = {&t, roles, services, attributes, resources, compute, memo, cache};
+    Services sv = {&t, roles, services, canonicals, node_ids, apps, compute, memo, cache};
     if (!t.s || !t.e || !t.cs || !t.ce || !t.par || !t.ids || !t.off || !t.kids || !t.best || !t.aoff || !t.akids ||
         !t.reached || !t.failed || !t.bits || !t.moved || !t.has_window || !t.window || !t.wire_off || !t.wire ||
         !order || !roots || !stack || !scratch || !points || !linked || !consumer || !producer || !component ||
@@ -599,7 +623,8 @@ static PyObject *path(PyObject *self, PyObject *args) {
         goto done;
     }
     if (!flags || !segments || !memo) goto done;
-    Py_INCREF(ids); Py_INCREF(roles); Py_INCREF(services); Py_INCREF(attributes); Py_INCREF(resources);
+    Py_INCREF(ids); Py_INCREF(roles); Py_INCREF(services); Py_INCREF(canonicals); Py_INCREF(node_ids);
+    Py_INCREF(apps);
 
     /* read and check every column */
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -772,7 +797,8 @@ static PyObject *path(PyObject *self, PyObject *args) {
 unexpected:
     result = fallback();
 release:
-    Py_DECREF(ids); Py_DECREF(roles); Py_DECREF(services); Py_DECREF(attributes); Py_DECREF(resources);
+    Py_DECREF(ids); Py_DECREF(roles); Py_DECREF(services); Py_DECREF(canonicals); Py_DECREF(node_ids);
+    Py_DECREF(apps);
 done:
     if (cache)
         for (Py_ssize_t i = 0; i < n; i++) Py_XDECREF(cache[i]);
@@ -789,25 +815,6 @@ done:
 
 /* ---- the JSON body's columns ---------------------------------------------------------------------------- */
 
-/* round(ns / 1e6, 3) exactly as Python computes it (correctly rounded, half-even on exact ties): the decimal
- * rounding of the double x = ns / 1e6 is decided by which side of (q + 0.5) / 1000 x lies on, and fma gives that
- * side exactly. Outside [0, 2^43) ns, Python's round itself. */
-static PyObject *ms3(int64_t ns) {
-    if (ns < 0 || ns >= ((int64_t)1 << 43)) {
-        PyObject *x = PyFloat_FromDouble((double)ns / 1e6);
-        PyObject *r = x ? PyObject_CallFunction(ROUND, "Oi", x, 3) : NULL;
-        Py_XDECREF(x);
-        return r;
-    }
-    int64_t q = ns / 1000, r = ns % 1000;
-    if (r > 500) q += 1;
-    else if (r == 500) {
-        double x = (double)ns / 1e6, side = fma(x, 1e6, -(double)ns);
-        if (side > 0 || (side == 0 && (q & 1))) q += 1;
-    }
-    return PyFloat_FromDouble((double)q / 1000.0);
-}
-
 static int read_segment(PyObject *segment, PyObject **parts, int64_t *a, int64_t *b) {
     if (!PyTuple_Check(segment) || PyTuple_GET_SIZE(segment) != 5) return -1;
     for (int k = 0; k < 5; k++) parts[k] = PyTuple_GET_ITEM(segment, k);
@@ -815,47 +822,121 @@ static int read_segment(PyObject *segment, PyObject **parts, int64_t *a, int64_t
     return 0;
 }
 
-/* sections(segments, names) -> critical_path_api.sections_json(segments, names), or None */
-static PyObject *sections(PyObject *self, PyObject *args) {
-    PyObject *segments, *names;
-    if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &segments, &PyDict_Type, &names)) return NULL;
+typedef struct { char *data; size_t used, size; } Text;
+
+static int put(Text *t, const char *bytes, size_t count) {
+    if (t->used + count > t->size) {
+        size_t size = t->size ? t->size : 4096;
+        while (t->used + count > size) size *= 2;
+        char *grown = PyMem_Realloc(t->data, size);
+        if (!grown) { PyErr_NoMemory(); return -1; }
+        t->data = grown;
+        t->size = size;
+    }
+    memcpy(t->data + t->used, bytes, count);
+    t->used += count;
+    return 0;
+}
+
+static int put_literal(Text *t, const char *text) { return put(t, text, strlen(text)); }
+
+static char *write_int(char *out, int64_t v) {
+    char digits[24];
+    int k = 0;
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    do { digits[k++] = (char)('0' + u % 10); u /= 10; } while (u);
+    if (v < 0) *out++ = '-';
+    while (k) *out++ = digits[--k];
+    return out;
+}
+
+/* A value as orjson writes it: null, a plain ASCII string verbatim, anything else by orjson.dumps itself. */
+static int put_value(Text *t, PyObject *value, PyObject *dumps) {
+    if (value == Py_None) return put_literal(t, "null");
+    if (PyUnicode_CheckExact(value) && PyUnicode_IS_ASCII(value)) {
+        const char *chars = (const char *)PyUnicode_DATA(value);
+        Py_ssize_t length = PyUnicode_GET_LENGTH(value), k = 0;
+        while (k < length && chars[k] >= 0x20 && chars[k] != '"' && chars[k] != '\\') k++;
+        if (k == length)
+            return put(t, "\"", 1) < 0 || put(t, chars, (size_t)length) < 0 || put(t, "\"", 1) < 0 ? -1 : 0;
+    }
+    PyObject *written = PyObject_CallOneArg(dumps, value);
+    if (!written) return -1;
+    int rc = PyBytes_Check(written) ? put(t, PyBytes_AS_STRING(written), (size_t)PyBytes_GET_SIZE(written)) : -1;
+    Py_DECREF(written);
+    return rc;
+}
+
+/* sections_body(segments, names, dumps) -> the JSON text of critical_path_api.sections_json(segments, names) as
+ * orjson.dumps writes it, or None (durations outside [0, 2^43) ns: the reference writes those). duration_ms is
+ * round(ns / 1e6, 3): q / 1000 for a whole q, decided exactly (half-even on exact ties, as Python's round), and
+ * written as orjson writes that float below 1e16: its decimal digits, trailing zeros dropped, at least one. */
+static PyObject *sections_body(PyObject *self, PyObject *args) {
+    PyObject *segments, *names, *dumps;
+    if (!PyArg_ParseTuple(args, "O!O!O", &PyList_Type, &segments, &PyDict_Type, &names, &dumps)) return NULL;
     int empty_named = PyDict_Contains(names, S_empty);
     if (empty_named < 0) return fallback();
-    Py_ssize_t n = PyList_GET_SIZE(segments);
-    PyObject *out = PyList_New(n), *result = NULL;
-    if (!out) return NULL;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *parts[5], *row = NULL, *us_a = NULL, *us_b = NULL, *dur = NULL;
+    Text t = {NULL, 0, 0};
+    char number[96];
+    Py_INCREF(segments);
+    if (put(&t, "[", 1) < 0) goto unexpected;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(segments); i++) {
+        PyObject *parts[5];
         int64_t a, b;
         PyObject *segment = item(segments, i);
         if (!segment || read_segment(segment, parts, &a, &b) < 0) goto unexpected;
+        int64_t ns = b - a;
+        if (ns < 0 || ns >= ((int64_t)1 << 43)) goto unexpected;
+        int64_t q = ns / 1000, r = ns % 1000;
+        if (r > 500) q += 1;
+        else if (r == 500) {
+            double x = (double)ns / 1e6, side = fma(x, 1e6, -(double)ns);
+            if (side > 0 || (side == 0 && (q & 1))) q += 1;
+        }
+        Py_INCREF(segment);  /* a dumps() call may run Python code */
         PyObject *key = parts[0];
+        int failed = 0;
         if (empty_named) {
             int truthy = PyObject_IsTrue(key);
-            if (truthy < 0) goto unexpected;
+            failed = truthy < 0;
             if (!truthy) key = S_empty;
         }
-        PyObject *name = dict_get(names, key);
-        if (!name) goto unexpected;
-        us_a = PyLong_FromLongLong(floor_div(a, 1000));
-        us_b = PyLong_FromLongLong(floor_div(b, 1000));
-        dur = ms3(b - a);
-        row = PyDict_New();
-        if (!us_a || !us_b || !dur || !row || PyDict_SetItem(row, K_span_id, parts[0]) < 0 ||
-            PyDict_SetItem(row, K_name, name) < 0 || PyDict_SetItem(row, K_service, parts[1]) < 0 ||
-            PyDict_SetItem(row, K_component, parts[2]) < 0 || PyDict_SetItem(row, K_start_us, us_a) < 0 ||
-            PyDict_SetItem(row, K_end_us, us_b) < 0 || PyDict_SetItem(row, K_duration_ms, dur) < 0) {
-            Py_XDECREF(us_a); Py_XDECREF(us_b); Py_XDECREF(dur); Py_XDECREF(row);
-            goto unexpected;
+        PyObject *name = failed ? NULL : dict_get(names, key);
+        Py_XINCREF(name);
+        failed = failed || !name || put_literal(&t, i ? ",{\"span_id\":" : "{\"span_id\":") < 0 ||
+                 put_value(&t, parts[0], dumps) < 0 || put_literal(&t, ",\"name\":") < 0 ||
+                 put_value(&t, name, dumps) < 0 || put_literal(&t, ",\"service\":") < 0 ||
+                 put_value(&t, parts[1], dumps) < 0 || put_literal(&t, ",\"component\":") < 0 ||
+                 put_value(&t, parts[2], dumps) < 0;
+        Py_XDECREF(name);
+        Py_DECREF(segment);
+        if (failed) goto unexpected;
+        char *end = number;
+        memcpy(end, ",\"start_unix_us\":", 17); end += 17;
+        end = write_int(end, floor_div(a, 1000));
+        memcpy(end, ",\"end_unix_us\":", 15); end += 15;
+        end = write_int(end, floor_div(b, 1000));
+        memcpy(end, ",\"duration_ms\":", 15); end += 15;
+        end = write_int(end, q / 1000);
+        int64_t fraction = q % 1000;  /* three digits, trailing zeros dropped, at least one kept */
+        *end++ = '.';
+        *end++ = (char)('0' + fraction / 100);
+        if (fraction % 100) {
+            *end++ = (char)('0' + fraction / 10 % 10);
+            if (fraction % 10) *end++ = (char)('0' + fraction % 10);
         }
-        Py_DECREF(us_a); Py_DECREF(us_b); Py_DECREF(dur);
-        PyList_SET_ITEM(out, i, row);
+        *end++ = '}';
+        if (put(&t, number, (size_t)(end - number)) < 0) goto unexpected;
     }
-    return out;
+    if (put(&t, "]", 1) < 0) goto unexpected;
+    PyObject *body = PyBytes_FromStringAndSize(t.data, (Py_ssize_t)t.used);
+    PyMem_Free(t.data);
+    Py_DECREF(segments);
+    return body;
 unexpected:
-    Py_DECREF(out);
-    result = fallback();
-    return result;
+    PyMem_Free(t.data);
+    Py_DECREF(segments);
+    return fallback();
 }
 
 /* totals(segments) -> {(service, component): ns}, in first-seen order (TracePath.totals), or None */
@@ -913,12 +994,138 @@ done:
     return result;
 }
 
+/* inherit_domains(own, parent, services) -> trace_domains' inheritance by position, or None: a span whose own
+ * domain is "service:<name>" takes the domain of its nearest ancestor up the chain of parents from the same
+ * service (stopping at a domain that is not "service:", at a parent of another service, or at a cycle). */
+static PyObject *inherit_domains(PyObject *self, PyObject *args) {
+    PyObject *own, *parent, *services;
+    if (!PyArg_ParseTuple(args, "O!O!O!", &PyList_Type, &own, &PyList_Type, &parent, &PyList_Type, &services))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(own);
+    if (!is_list_of(parent, n) || !is_list_of(services, n)) return fallback();
+    PyObject *prefix = PyUnicode_FromString("service:"), *out = NULL, *result = NULL;
+    unsigned char *by_service = PyMem_Calloc(n ? (size_t)n : 1, 1);
+    Py_ssize_t *up = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Py_ssize_t)), *stamp = PyMem_Calloc(n ? (size_t)n : 1,
+                                                                                                  sizeof(Py_ssize_t));
+    if (!prefix || !by_service || !up || !stamp) {
+        if (prefix) PyErr_NoMemory();
+        goto done;
+    }
+    Py_INCREF(own); Py_INCREF(services);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *domain = PyList_GET_ITEM(own, i), *p = PyList_GET_ITEM(parent, i);
+        if (!PyUnicode_CheckExact(domain) || !PyLong_CheckExact(p)) goto unexpected;
+        Py_ssize_t at = PyUnicode_Tailmatch(domain, prefix, 0, PY_SSIZE_T_MAX, -1);
+        if (at < 0) goto unexpected;
+        by_service[i] = (unsigned char)at;
+        up[i] = PyLong_AsSsize_t(p);
+        if (up[i] < -1 || up[i] >= n) goto unexpected;
+    }
+    out = PyList_GetSlice(own, 0, n);
+    if (!out) goto unexpected;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!by_service[i]) continue;
+        Py_ssize_t j = i;
+        while (by_service[j] && stamp[j] != i + 1) {
+            stamp[j] = i + 1;
+            Py_ssize_t p = up[j];
+            if (p < 0) break;
+            PyObject *a = item(services, p), *b = item(services, j);
+            if (!a || !b) goto unexpected;
+            PyObject *differ = PyObject_RichCompare(a, b, Py_NE);
+            int truthy = differ ? PyObject_IsTrue(differ) : -1;
+            Py_XDECREF(differ);
+            if (truthy < 0) goto unexpected;
+            if (truthy) break;
+            j = p;
+        }
+        if (j != i) {
+            PyObject *domain = item(own, j);
+            if (!domain) goto unexpected;
+            Py_INCREF(domain);
+            PyList_SetItem(out, i, domain);
+        }
+    }
+    result = out;
+    out = NULL;
+    goto release;
+unexpected:
+    result = fallback();
+release:
+    Py_DECREF(own); Py_DECREF(services);
+done:
+    Py_XDECREF(prefix); Py_XDECREF(out);
+    PyMem_Free(by_service); PyMem_Free(up); PyMem_Free(stamp);
+    return result;
+}
+
+/* cross_pairs(parent, at) -> the positions i whose parent p is in the trace and at[p] != at[i] (the pairs across
+ * clock domains), or None. */
+static PyObject *cross_pairs(PyObject *self, PyObject *args) {
+    PyObject *parent, *at;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &parent, &PyList_Type, &at)) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(parent);
+    if (!is_list_of(at, n)) return fallback();
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    Py_INCREF(parent); Py_INCREF(at);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pos = item(parent, i);
+        if (!pos || !PyLong_CheckExact(pos)) goto unexpected;
+        Py_ssize_t p = PyLong_AsSsize_t(pos);
+        if (p < -1 || p >= n) goto unexpected;
+        if (p < 0) continue;
+        PyObject *a = item(at, p), *b = item(at, i);
+        if (!a || !b || !PyUnicode_CheckExact(a) || !PyUnicode_CheckExact(b)) goto unexpected;
+        if (a == b || PyUnicode_Compare(a, b) == 0) continue;
+        PyObject *child = PyLong_FromSsize_t(i);
+        if (!child || PyList_Append(out, child) < 0) { Py_XDECREF(child); goto unexpected; }
+        Py_DECREF(child);
+    }
+    Py_DECREF(parent); Py_DECREF(at);
+    return out;
+unexpected:
+    Py_DECREF(parent); Py_DECREF(at); Py_DECREF(out);
+    return fallback();
+}
+
+/* read_fields(maps, keys) -> one list per key: [m.get(key) for m in maps], all keys read in one pass over the
+ * maps (each map's table is read while it is in cache), or None if a map is not a dict. */
+static PyObject *read_fields(PyObject *self, PyObject *args) {
+    PyObject *maps, *keys;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &maps, &PyTuple_Type, &keys)) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(maps), count = PyTuple_GET_SIZE(keys);
+    for (Py_ssize_t k = 0; k < count; k++)
+        if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(keys, k))) return fallback();
+    PyObject *out = PyTuple_New(count);
+    if (!out) return NULL;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyObject *list = PyList_New(n);
+        if (!list) { Py_DECREF(out); return NULL; }
+        PyTuple_SET_ITEM(out, k, list);
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *map = PyList_GET_ITEM(maps, i);
+        if (!PyDict_Check(map)) { Py_DECREF(out); return fallback(); }
+        for (Py_ssize_t k = 0; k < count; k++) {
+            PyObject *v = dict_get(map, PyTuple_GET_ITEM(keys, k));
+            if (!v) { Py_DECREF(out); return fallback(); }
+            Py_INCREF(v);
+            PyList_SET_ITEM(PyTuple_GET_ITEM(out, k), i, v);
+        }
+    }
+    return out;
+}
+
 static PyMethodDef METHODS[] = {
+    {"read_fields", read_fields, METH_VARARGS, "[m.get(key) for m in maps] for several keys in one pass, or None"},
+    {"inherit_domains", inherit_domains, METH_VARARGS, "trace_domains' service-domain inheritance, or None"},
+    {"cross_pairs", cross_pairs, METH_VARARGS, "positions of spans in another clock domain than their parent"},
     {"columns", columns, METH_VARARGS, "TraceColumns.of's columns in one pass, or None"},
     {"memoised", memoised, METH_VARARGS, "values by memo key, computing misses, or None"},
-    {"node_domains", node_domains, METH_VARARGS, "trace_domains' node rule: (own, pod_nodes, pending), or None"},
+    {"node_domains", node_domains, METH_VARARGS, "trace_domains' node rule on the node and pod columns"},
     {"path", path, METH_VARARGS, "tree, walk and labels: (segments, flags, root, roots, first, top_start, top_end), or None"},
-    {"sections", sections, METH_VARARGS, "critical_path_api.sections_json, or None"},
+    {"sections_body", sections_body, METH_VARARGS, "critical_path_api.sections_json as JSON text, or None"},
     {"totals", totals, METH_VARARGS, "TracePath.totals, or None"},
     {NULL, NULL, 0, NULL},
 };
@@ -930,8 +1137,7 @@ PyMODINIT_FUNC PyInit__critical_path(void) {
         {&S_span_id, "span_id"}, {&S_parent_span_id, "parent_span_id"}, {&S_start_ns, "start_ns"},
         {&S_end_ns, "end_ns"}, {&S_kind, "kind"}, {&S_service_name, "service_name"}, {&S_attributes, "attributes"},
         {&S_resource_attributes, "resource_attributes"}, {&S_links, "links"}, {&S_name, "name"},
-        {&S_node, "k8s.node.name"}, {&S_pod, "k8s.pod.name"}, {&S_canonical, "istio.canonical_service"},
-        {&S_node_id, "node_id"}, {&S_app, "app"}, {&S_empty, ""}, {&S_INTERNAL, "INTERNAL"},
+        {&S_empty, ""},
         {&C_untraced, "untraced"}, {&C_retry, "retry"}, {&C_proxy, "proxy"}, {&C_network, "network"},
         {&C_iptables, "iptables"}, {&K_span_id, "span_id"}, {&K_name, "name"}, {&K_service, "service"},
         {&K_component, "component"}, {&K_start_us, "start_unix_us"}, {&K_end_us, "end_unix_us"},

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from hopscope.analytics import trace_accelerator
-from hopscope.analytics.trace_columns import column
+from hopscope.analytics.trace_columns import TraceColumns, column
 
 ROLES = (
     "app_server", "app_client", "app_internal",
@@ -138,14 +138,29 @@ class Classifier:
         return role
 
 
+    def keys(self, source: str) -> tuple[str, ...]:
+        """The attribute (source "attribute") or resource ("resource") keys the rules read."""
+        return tuple(field[len(source) + 1:] for field in self._fields if field.startswith(source + "."))
+
     def roles(self, spans: Sequence[dict[str, Any]], attributes: Sequence[dict[str, Any]],
-              resources: Sequence[dict[str, Any]]) -> list[str]:
+              resources: Sequence[dict[str, Any]], columns: TraceColumns | None = None) -> list[str]:
         """`role` of each span of a trace, its memo keys read a column at a time (trace_columns.py: `attributes`
-        and `resources` are the spans' maps, {} when absent)."""
+        and `resources` are the spans' maps, {} when absent; `columns`, when the caller has them, the same spans'
+        TraceColumns, whose fields are read once per trace)."""
         native = trace_accelerator.NATIVE
         if native is not None and isinstance(spans, list):
-            found = native.memoised(self._memo, MEMO_SIZE, lambda i: self.role_by_rules(spans[i]), self._spec,
-                                    (spans, attributes, resources), None)
+            sources: tuple[Any, ...] = (spans, attributes, resources)
+            spec = self._spec
+            if columns is not None:
+                read = dict(zip(self.keys("attribute"), columns.fields("attributes", self.keys("attribute")),
+                                strict=True))
+                at = dict(zip(self.keys("resource"), columns.fields("resources", self.keys("resource")), strict=True))
+                sources = tuple(read[key] if source == 1 else at[key] if source == 2 else columns.kinds
+                                if key == "kind" else columns.names if key == "name" else column(spans, key)
+                                for source, key in self._spec)
+                spec = tuple((k, None) for k in range(len(sources)))
+            found = native.memoised(self._memo, MEMO_SIZE, lambda i: self.role_by_rules(spans[i]), spec,
+                                    sources if sources else (spans,), None)
             if found is not None:
                 return found  # type: ignore[no-any-return]
         return self.roles_reference(spans, attributes, resources)

@@ -24,7 +24,7 @@ from hopscope.analytics.path_labels import COMPONENTS, Segment
 from hopscope.analytics.skew import OffsetWindows, trace_domains, trace_pair_bounds
 from hopscope.analytics.trace_columns import TraceColumns, paused_gc
 from hopscope.analytics.trace_lookup import span_from_row, trace_spans
-from hopscope.analytics.trace_path import TracePath, trace_path
+from hopscope.analytics.trace_path import TracePath, path_fields, trace_path
 from hopscope.analytics.what_if import projected_duration_ns
 
 SKEW_HELP = "corrected (default): every clock domain moved onto the root's clock; raw: as the spans arrived"
@@ -79,14 +79,16 @@ def path_json(path: TracePath, names: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def sections_json(segments: list[Segment], names: dict[str, str]) -> list[dict[str, Any]]:
-    """One JSON object per section, its values computed a column at a time (map loops in C)."""
+def sections_json(segments: list[Segment], names: dict[str, str]) -> list[dict[str, Any]] | orjson.Fragment:
+    """One JSON object per section, its values computed a column at a time (map loops in C). With the C
+    accelerator (trace_accelerator.py) the array comes already written, as orjson.dumps would write it, and orjson
+    inserts it as is: no dict, int or float per section."""
     if not segments:
         return []
     native = trace_accelerator.NATIVE
-    rows = native.sections(segments, names) if native is not None else None
-    if rows is not None:
-        return rows  # type: ignore[no-any-return]
+    body = native.sections_body(segments, names, orjson.dumps) if native is not None else None
+    if body is not None:
+        return orjson.Fragment(body)
     span_ids, services, components, starts, ends = zip(*segments, strict=True)
     named = map(names.get, span_ids) if "" not in names else (names.get(i or "") for i in span_ids)
     durations = map(round, map(truediv, map(sub, ends, starts), repeat(1e6)), repeat(3))  # aggregates.ms
@@ -100,18 +102,25 @@ def trace_critical_path_json(db: duckdb.DuckDBPyConnection, spans: list[dict[str
                              skew: str) -> bytes:
     """`/traces/{id}/critical-path`'s body once the spans are read (bench/critical_path.py times this): the span
     dicts are read once into columns, shared by the clock domains, the skew estimate, its correction and the walk;
-    the garbage collector is paused meanwhile (trace_columns.py says why); orjson writes the body."""
+    the garbage collector is paused meanwhile (trace_columns.py says why) and switched back on only once the
+    computation's objects are freed (else the next allocation starts a collection that walks them, and every few
+    calls one that walks the span dicts); orjson writes the body."""
     with paused_gc():
-        try:
-            columns: TraceColumns | None = TraceColumns.of(spans)
-        except (TypeError, KeyError):  # maps that are not dicts: the per-dict paths
-            columns = None
-        domains = trace_domains(spans, columns) if skew == "corrected" else None
-        offsets = offsets_for(db, spans, domains, columns) if skew == "corrected" else None
-        path = trace_path(spans, classifier, offsets, domains, columns)
-        names = dict(zip(columns.ids, columns.names, strict=True)) if columns else \
-            {s["span_id"]: s["name"] for s in spans}
-        return orjson.dumps(path_json(path, names))
+        return _critical_path_body(db, spans, classifier, skew)
+
+
+def _critical_path_body(db: duckdb.DuckDBPyConnection, spans: list[dict[str, Any]], classifier: Classifier,
+                        skew: str) -> bytes:
+    try:
+        columns: TraceColumns | None = TraceColumns.of(spans, *path_fields(classifier))
+    except (TypeError, KeyError):  # maps that are not dicts: the per-dict paths
+        columns = None
+    domains = trace_domains(spans, columns) if skew == "corrected" else None
+    offsets = offsets_for(db, spans, domains, columns) if skew == "corrected" else None
+    path = trace_path(spans, classifier, offsets, domains, columns)
+    names = dict(zip(columns.ids, columns.names, strict=True)) if columns else \
+        {s["span_id"]: s["name"] for s in spans}
+    return orjson.dumps(path_json(path, names))
 
 
 def _traces_spans(db: duckdb.DuckDBPyConnection, trace_ids: list[str]) -> dict[str, list[dict[str, Any]]]:

@@ -44,7 +44,7 @@ _OWN_TIME = {"app_server": "app", "app_internal": "app", "layer_app": "app", "pr
 ROLE_BITS = {role: (1 if role == "app_client" else 0) | (2 if role in OUTBOUND else 0)
              | (4 if role in UPSTREAM else 0) | (8 if role in CALLEE_SIDE else 0)
              | (16 if role == "layer_iptables" else 0) | (32 if role == "layer_network" else 0)
-             | (64 if role.startswith("layer_") else 0) for role in ROLES}
+             | (64 if role.startswith("layer_") else 0) | (128 if role.startswith("app") else 0) for role in ROLES}
 
 
 class Segment(NamedTuple):  # a tuple, not a dataclass: a long path has one per section, built in bulk

@@ -90,20 +90,26 @@ def trace_domains(spans: Iterable[Span], columns: TraceColumns | None = None) ->
     return _inherited_domains(spans, columns, own_at)
 
 
-_DOMAIN_KEY = ((0, "k8s.pod.name"), (0, "host.name"), (0, "service.instance.id"), (1, "node_id"), (2, None))
+DOMAIN_RESOURCE_KEYS = ("k8s.node.name", "k8s.pod.name", "host.name", "service.instance.id")  # clock_domain reads
+DOMAIN_ATTRIBUTE_KEYS = ("node_id",)
+_DOMAIN_KEY = ((0, None), (1, None), (2, None), (3, None), (4, None))  # pod, host, instance, node_id, service
 
 
 def _own_domains_native(columns: TraceColumns) -> list[str] | None:
     """_own_domains in C (trace_accelerator.py): the node rule in one pass, the rest memoised on the same key."""
     native = trace_accelerator.NATIVE
-    read = native.node_domains(columns.resources) if native is not None else None
+    if native is None:
+        return None
+    nodes, pods, hosts, instances = columns.fields("resources", DOMAIN_RESOURCE_KEYS)
+    read = native.node_domains(nodes, pods)
     if read is None:
         return None
     own_at, pod_nodes, pending = read
     if pending:
         spans = columns.spans
         found = native.memoised({}, sys.maxsize, lambda i: clock_domain(spans[i], pod_nodes), _DOMAIN_KEY,
-                                (columns.resources, columns.attributes, columns.services), pending)
+                                (pods, hosts, instances, *columns.fields("attributes", DOMAIN_ATTRIBUTE_KEYS),
+                                 columns.services), pending)
         if found is None:
             return None
         for i, domain in zip(pending, found, strict=True):
@@ -138,6 +144,11 @@ def _own_domains(columns: TraceColumns) -> list[str]:
 
 
 def _inherited_domains(spans: list[Span], columns: TraceColumns, own_at: list[str]) -> dict[str, str]:
+    native = trace_accelerator.NATIVE
+    if native is not None and len(columns.position) == len(own_at):
+        domains = native.inherit_domains(own_at, columns.parent, columns.services)
+        if domains is not None:
+            return dict(zip(columns.ids, domains, strict=True))
     own: dict[str, str] = dict(zip(columns.ids, own_at, strict=True))
     if not any(domain.startswith("service:") for domain in own.values()):
         return own
@@ -282,12 +293,20 @@ def trace_pair_bounds(spans: Iterable[Span], domains: Mapping[str, str] | None =
         return _pair_bounds_of_dicts(spans, domains)
     domains = trace_domains(spans, columns) if domains is None else domains
     at = list(map(domains.__getitem__, columns.ids))
-    parent, start, end = columns.parent, columns.start, columns.end
+    parent, start, end, kinds, links = columns.parent, columns.start, columns.end, columns.kinds, columns.links
     bounds: dict[tuple[str, str], PairBounds] = {}
+    native = trace_accelerator.NATIVE
+    cross = native.cross_pairs(parent, at) if native is not None else None
+    if cross is None:
+        cross = [i for i, p in enumerate(parent) if p >= 0 and at[p] != at[i]]
     # most pairs are on one host: only the cross-domain ones are read further
-    for i in [i for i, p in enumerate(parent) if p >= 0 and at[p] != at[i]]:
+    for i in cross:
         p = parent[i]
-        if _outlives_parent(spans[p], spans[i]):
+        # _outlives_parent(spans[p], spans[i]), on the columns
+        if kinds[i] == "CONSUMER" or kinds[p] == "PRODUCER" or (links[i] is not None and is_follows_from(spans[i])):
+            continue
+        attributes = columns.attributes[p]
+        if "UT" in str(attributes.get("response_flags") or "") or str(attributes.get("canceled")) == "true":
             continue
         a, b = at[p], at[i]
         lo, hi = end[i] - end[p], start[i] - start[p]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
 
@@ -61,16 +61,42 @@ class TraceColumns:
     names: list[Any]  # the spans' names (the JSON body's sections name theirs)
     position: dict[str, int]
     parent: list[int]
+    _read: dict[tuple[str, str], list[Any]] = field(default_factory=dict, repr=False)
+
+    def fields(self, source: str, keys: Sequence[str]) -> list[list[Any]]:
+        """`column(maps, key)` for each key, maps being the spans' "attributes" or "resources": each read once per
+        trace, and the keys not yet read in one pass over the maps (a long trace's maps do not stay in cache
+        between passes)."""
+        maps = self.attributes if source == "attributes" else self.resources
+        missing = tuple(key for key in dict.fromkeys(keys) if (source, key) not in self._read)
+        if missing:
+            native = trace_accelerator.NATIVE
+            read = native.read_fields(maps, missing) if native is not None else None
+            if read is None:
+                read = [column(maps, key) for key in missing]
+            for key, values in zip(missing, read, strict=True):
+                self._read[(source, key)] = values
+        return [self._read[(source, key)] for key in keys]
 
     @classmethod
-    def of(cls, spans: Sequence[dict[str, Any]]) -> TraceColumns:
+    def of(cls, spans: Sequence[dict[str, Any]], attribute_keys: tuple[str, ...] = (),
+           resource_keys: tuple[str, ...] = ()) -> TraceColumns:
+        """The columns, and `fields` of these attribute and resource keys read in the same pass."""
         if not isinstance(spans, list):
             spans = list(spans)
         native = trace_accelerator.NATIVE
-        read = native.columns(spans, EMPTY) if native is not None else None  # one pass in C; None: odd input
-        if read is not None:
-            return cls(spans, *read)
-        return cls.of_reference(spans)
+        attribute_keys, resource_keys = tuple(dict.fromkeys(attribute_keys)), tuple(dict.fromkeys(resource_keys))
+        # one pass in C; None: odd input
+        read = native.columns(spans, EMPTY, attribute_keys, resource_keys) if native is not None else None
+        if read is None:
+            columns = cls.of_reference(spans)
+            columns.fields("attributes", attribute_keys)
+            columns.fields("resources", resource_keys)
+            return columns
+        columns = cls(spans, *read[:12])
+        for source, keys, values in (("attributes", attribute_keys, read[12]), ("resources", resource_keys, read[13])):
+            columns._read.update(((source, key), column) for key, column in zip(keys, values, strict=True))
+        return columns
 
     @classmethod
     def of_reference(cls, spans: list[dict[str, Any]]) -> TraceColumns:

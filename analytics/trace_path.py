@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import compress, repeat
 from operator import add
 from typing import Any
 
@@ -32,7 +32,15 @@ from hopscope.analytics.path_labels import (
     own_components,
     service_at,
 )
-from hopscope.analytics.skew import ClockOffsets, clock_shifts, correct_clock_skew, is_follows_from, trace_domains
+from hopscope.analytics.skew import (
+    DOMAIN_ATTRIBUTE_KEYS,
+    DOMAIN_RESOURCE_KEYS,
+    ClockOffsets,
+    clock_shifts,
+    correct_clock_skew,
+    is_follows_from,
+    trace_domains,
+)
 from hopscope.analytics.trace_arrays import IndexedTree, indexed_tree, walk
 from hopscope.analytics.trace_columns import TraceColumns
 
@@ -82,15 +90,18 @@ def trace_path(spans: list[dict[str, Any]], classifier: Classifier, offsets: Clo
     """`offsets=None` walks the raw times; `domains` (skew.trace_domains of these spans) and `columns`
     (TraceColumns.of(spans)) save working them out again when the caller already has them."""
     try:
-        columns = TraceColumns.of(spans) if columns is None else columns
+        columns = TraceColumns.of(spans, *path_fields(classifier)) if columns is None else columns
     except (TypeError, KeyError):
         return trace_path_reference(spans, classifier, offsets)
     ids, parent_ids, start, end = columns.ids, columns.parent_ids, columns.start, columns.end
     if not spans or len(columns.position) != len(ids) or not all(ids):
         return trace_path_reference(spans, classifier, offsets)
     kinds = [str(kind or "INTERNAL") for kind in columns.kinds]
-    follows_from = [bool(links) and is_follows_from(span) for links, span in zip(columns.links, spans, strict=True)]
-    roles = classifier.roles(spans, columns.attributes, columns.resources)
+    follows_from = [False] * len(spans)  # bool(links) and is_follows_from(span)
+    for i in compress(range(len(spans)), columns.links):
+        follows_from[i] = is_follows_from(spans[i])
+    read_fields(columns, classifier)
+    roles = classifier.roles(spans, columns.attributes, columns.resources, columns)
     if offsets is not None:
         domains = trace_domains(spans, columns) if domains is None else domains
         moves, report = clock_shifts(spans, offsets, domains, columns)
@@ -117,6 +128,23 @@ def trace_path(spans: list[dict[str, Any]], classifier: Classifier, offsets: Clo
         replay=lambda: (_span_tree(tree, kinds, follows_from), labeller))
 
 
+_SERVICE_ATTRIBUTES = ("istio.canonical_service", "node_id")  # what hops.service_of reads, with resource "app"
+
+
+def path_fields(classifier: Classifier) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Every attribute and resource key the pipeline reads (clock domains, classifier, services): TraceColumns.of
+    reads them in its one pass over the spans (on a long trace each pass reads the maps from memory again)."""
+    return ((*DOMAIN_ATTRIBUTE_KEYS, *classifier.keys("attribute"), *_SERVICE_ATTRIBUTES),
+            (*DOMAIN_RESOURCE_KEYS, *classifier.keys("resource"), "app"))
+
+
+def read_fields(columns: TraceColumns, classifier: Classifier) -> None:
+    """path_fields not read yet, in one pass over each kind of map."""
+    attribute_keys, resource_keys = path_fields(classifier)
+    columns.fields("attributes", attribute_keys)
+    columns.fields("resources", resource_keys)
+
+
 def _native_path(spans: list[dict[str, Any]], columns: TraceColumns, roles: list[str], start: list[int],
                  end: list[int], kinds: list[str], follows_from: list[bool],
                  report: dict[str, Any]) -> TracePath | None:
@@ -128,7 +156,8 @@ def _native_path(spans: list[dict[str, Any]], columns: TraceColumns, roles: list
     ids, parent = columns.ids, columns.parent
     found = native.path(ids, columns.parent_ids, parent, start, end, kinds, follows_from, roles,
                         list(map(ROLE_BITS.get, roles, repeat(0))), own_components(roles), columns.services,
-                        columns.attributes, columns.resources, lambda i: service_of(spans[i], roles[i]), Segment)
+                        *columns.fields("attributes", _SERVICE_ATTRIBUTES), *columns.fields("resources", ("app",)),
+                        lambda i: service_of(spans[i], roles[i]), Segment)
     if found is None:
         return None
     segments, flags, root, roots, first, top_start, top_end = found

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import duckdb
+import orjson
 import pytest
 
 from hopscope.analytics import skew, trace_accelerator
@@ -78,8 +79,10 @@ def _assert_same_everywhere(monkeypatch: pytest.MonkeyPatch, spans: list[dict[st
     classifier = Classifier()
     db = duckdb.connect()
     skew.create(db)
-    for what in (lambda: vars(TraceColumns.of(spans)),
+    keys = (("node_id", "upstream_cluster", "absent", "node_id"), ("k8s.node.name", "app"))
+    for what in (lambda: vars(TraceColumns.of(spans)), lambda: vars(TraceColumns.of(spans, *keys)),
                  lambda: classifier.roles(spans, *(lambda c: (c.attributes, c.resources))(TraceColumns.of(spans))),
+                 lambda: (lambda c: classifier.roles(spans, c.attributes, c.resources, c))(TraceColumns.of(spans)),
                  lambda: trace_domains(spans),
                  lambda: trace_critical_path_json(db, spans, classifier, "corrected"),
                  lambda: trace_critical_path_json(db, spans, classifier, "raw")):
@@ -184,7 +187,7 @@ def test_hostile_input_gets_the_references_answer(monkeypatch: pytest.MonkeyPatc
     classifier = Classifier()
     db = duckdb.connect()
     skew.create(db)
-    for what in (lambda: vars(TraceColumns.of(spans)), lambda: trace_domains(spans),
+    for what in (lambda: vars(TraceColumns.of(spans, ("node_id",), ("app",))), lambda: trace_domains(spans),
                  lambda: _path_fields(trace_path(spans, classifier, None)),
                  lambda: trace_critical_path_json(db, spans, classifier, "corrected")):
         native, reference = _both(monkeypatch, what)
@@ -192,17 +195,32 @@ def test_hostile_input_gets_the_references_answer(monkeypatch: pytest.MonkeyPatc
 
 
 def test_section_durations_round_as_python_does(monkeypatch: pytest.MonkeyPatch) -> None:
-    """round(ns / 1e6, 3) in C: exact ties (62,500 ns = 0.0625 ms rounds to even), near-ties, and beyond 2^43."""
+    """round(ns / 1e6, 3) written in C: exact ties (62,500 ns = 0.0625 ms rounds to even), near-ties, whole
+    milliseconds (1.0), large values; beyond 2^43 ns the reference writes them."""
     durations = [*range(0, 3_000), *range(62_000, 63_000), *(q * 62_500 for q in range(1, 400)),
-                 *(1_000 * q + 500 for q in range(0, 100_000, 37)), 2**43 - 1, 2**43, 2**43 + 500, 2**53 + 1]
+                 *(1_000 * q + 500 for q in range(0, 100_000, 37)), 2**43 - 1, 10**12 + 1]
     rng = random.Random(4)
-    durations += [rng.randrange(2**50) for _ in range(20_000)]
+    durations += [rng.randrange(2**43) for _ in range(20_000)] + [rng.randrange(10**7) for _ in range(20_000)]
     segments = [Segment(f"s{i}", "svc", "app", 10**18 - 7 + i, 10**18 - 7 + i + d) for i, d in enumerate(durations)]
     segments.append(Segment(None, None, "untraced", -1_500, -999))
     names = {f"s{i}": f"op{i}" for i in range(0, len(segments), 3)}
     fallbacks: list[str] = []
-    native, reference = _both(monkeypatch, lambda: sections_json(segments, names), fallbacks)
-    assert native == reference
-    native, reference = _both(monkeypatch, lambda: sections_json(segments, {**names, "": "empty"}), fallbacks)
-    assert native == reference
+    for named in (names, {**names, "": "empty"}):
+        native, reference = _both(monkeypatch, lambda n=named: orjson.dumps(sections_json(segments, n)), fallbacks)
+        assert native == reference
     assert fallbacks == []
+    beyond = [Segment("a", "s", "app", 0, 2**43), Segment("a", "s", "app", 5, 4)]  # the reference writes these
+    for segment in beyond:
+        native, reference = _both(monkeypatch, lambda s=segment: orjson.dumps(sections_json([s], {})))
+        assert native == reference
+
+
+def test_section_strings_are_written_as_orjson_writes_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    odd = ['quote " back \\ tab \t nl \n ctl \x01 del \x7f', "ünï €", "😀", "", 7, 2.5, True, None, "a" * 5000]
+    segments = [Segment(value, value, value, 1_000 * i, 1_000 * i + 62_500) for i, value in enumerate(odd)]
+    names = {value: value for value in odd if isinstance(value, str)}
+    native, reference = _both(monkeypatch, lambda: orjson.dumps(sections_json(segments, names)))
+    assert native == reference
+    surrogate = [Segment("\ud800", None, "app", 0, 1)]
+    native, reference = _both(monkeypatch, lambda: orjson.dumps(sections_json(surrogate, {})))
+    assert native == reference == orjson.JSONEncodeError
