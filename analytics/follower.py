@@ -65,6 +65,7 @@ class HopFollower:
         row = self._db.execute("SELECT span_rowid FROM hopscope_hops_watermark").fetchone()
         self._watermark = int(row[0]) if row else -1
         self.hops_written = 0
+        self.traces_skipped = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -125,7 +126,7 @@ class HopFollower:
         for row in rows:
             span = span_from_row(SPAN_FIELDS, row)
             traces.setdefault(span["trace_id"], []).append(span)
-        hop_rows = [hop_row(hop) for spans in traces.values() for hop in TraceHops(spans, self._classifier).hops()]
+        hop_rows = self._hop_rows(traces)
         fresh_hops = pa.Table.from_pylist([dict(zip(HOP_COLUMN_NAMES, row, strict=True)) for row in hop_rows],
                                           schema=HOPS_ARROW_SCHEMA)
         minutes = {hop[HOP_COLUMN_NAMES.index("start_ns")] // rollup.MINUTE_NS * rollup.MINUTE_NS for hop in hop_rows}
@@ -139,9 +140,35 @@ class HopFollower:
             self._db.execute("INSERT INTO hops SELECT * FROM fresh_hops")
             self._db.unregister("fresh_hops")
             rollup.refresh_minutes(self._db, sorted(minutes))
-            self.paths.update(self._db, traces)
+            self._update_paths(traces)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self.hops_written += len(hop_rows)
+
+    # One trace whose spans break the analytics must not stall every other trace behind it (the settled batch
+    # would fail and be retried forever): it is logged with its id, counted, and left without hops or path.
+
+    def _hop_rows(self, traces: dict[str, list[dict[str, Any]]]) -> list[tuple]:
+        rows: list[tuple] = []
+        for trace_id, spans in traces.items():
+            try:
+                rows += [hop_row(hop) for hop in TraceHops(spans, self._classifier).hops()]
+            except Exception:
+                self._skip(trace_id, "hops")
+        return rows
+
+    def _update_paths(self, traces: dict[str, list[dict[str, Any]]]) -> None:
+        try:
+            self.paths.update(self._db, traces)
+        except Exception:   # find the culprit: one trace at a time (the update replaces a trace's rows whole)
+            for trace_id, spans in traces.items():
+                try:
+                    self.paths.update(self._db, {trace_id: spans})
+                except Exception:
+                    self._skip(trace_id, "critical path")
+
+    def _skip(self, trace_id: str, what: str) -> None:
+        self.traces_skipped += 1
+        log.exception("trace %s: its %s could not be computed; skipped (the spans are kept)", trace_id, what)
