@@ -112,19 +112,22 @@ static PyObject *columns(PyObject *self, PyObject *args) {
     }
     PyObject *const fields[] = {S_parent_span_id, S_kind, S_service_name, S_links, S_name};
     PyObject *const targets[] = {parent_ids, kinds, services, links, names};
+    /* No Python code runs in this loop: ids and parent ids must be str (or None), maps dicts (or None), times
+     * ints; anything else is the reference's to handle. */
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *span = PyList_GET_ITEM(spans, i);
         if (!PyDict_Check(span)) goto unexpected;
         PyObject *id = PyDict_GetItemWithError(span, S_span_id);
         PyObject *s = PyDict_GetItemWithError(span, S_start_ns);
         PyObject *e = PyDict_GetItemWithError(span, S_end_ns);
-        if (!id || !s || !e || !PyLong_CheckExact(s) || !PyLong_CheckExact(e)) goto unexpected;  /* int() elsewhere */
+        if (!id || !s || !e || !PyUnicode_CheckExact(id) || !PyLong_CheckExact(s) || !PyLong_CheckExact(e))
+            goto unexpected;  /* int() and other ids: the reference */
         Py_INCREF(id); PyList_SET_ITEM(ids, i, id);
         Py_INCREF(s); PyList_SET_ITEM(start, i, s);
         Py_INCREF(e); PyList_SET_ITEM(end, i, e);
         for (int f = 0; f < 5; f++) {
             PyObject *v = dict_get(span, fields[f]);
-            if (!v) goto unexpected;
+            if (!v || (f == 0 && v != Py_None && !PyUnicode_CheckExact(v))) goto unexpected;
             Py_INCREF(v);
             PyList_SET_ITEM(targets[f], i, v);
         }
@@ -132,11 +135,8 @@ static PyObject *columns(PyObject *self, PyObject *args) {
         PyObject *const map_targets[] = {attributes, resources};
         for (int f = 0; f < 2; f++) {
             PyObject *m = dict_get(span, maps[f]);
-            if (!m) goto unexpected;
-            int truthy = PyObject_IsTrue(m);
-            if (truthy < 0) goto unexpected;
-            if (!truthy) m = empty;
-            else if (!PyDict_CheckExact(m)) goto unexpected;  /* the reference raises TypeError */
+            if (!m || (m != Py_None && !PyDict_CheckExact(m))) goto unexpected;  /* `m or EMPTY`: the reference */
+            if (m == Py_None || PyDict_GET_SIZE(m) == 0) m = empty;
             Py_INCREF(m);
             PyList_SET_ITEM(map_targets[f], i, m);
             for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(map_keys[f]); k++) {
@@ -153,9 +153,7 @@ static PyObject *columns(PyObject *self, PyObject *args) {
     if (has_empty != 0) goto unexpected;  /* an empty span id (or an error): the reference raises TypeError */
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *p = PyList_GET_ITEM(parent_ids, i), *at = minus_one;
-        int truthy = PyObject_IsTrue(p);
-        if (truthy < 0) goto unexpected;
-        if (truthy) {
+        if (p != Py_None && PyUnicode_GET_LENGTH(p) > 0) {  /* str or None, checked above */
             at = PyDict_GetItemWithError(position, p);
             if (!at) {
                 if (PyErr_Occurred()) goto unexpected;
@@ -286,21 +284,17 @@ static PyObject *node_domains(PyObject *self, PyObject *args) {
     Py_INCREF(nodes); Py_INCREF(pods);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *node = item(nodes, i), *pod = item(pods, i);
-        if (!node || !pod) goto unexpected;
-        int has_node = PyObject_IsTrue(node), has_pod = has_node > 0 ? PyObject_IsTrue(pod) : 0;
+        if (!node || !pod || (node != Py_None && !PyUnicode_CheckExact(node)) ||
+            (pod != Py_None && !PyUnicode_CheckExact(pod)))
+            goto unexpected;  /* str() of other values: the reference */
+        int has_node = node != Py_None && PyUnicode_GET_LENGTH(node) > 0;
+        int has_pod = pod != Py_None && PyUnicode_GET_LENGTH(pod) > 0;
         PyObject *domain = NULL;
-        if (has_node < 0 || has_pod < 0) goto unexpected;
         if (has_node) {
-            domain = PyObject_Str(node);
-            if (!domain) goto unexpected;
-            if (has_pod) {
-                PyObject *pod_name = PyObject_Str(pod);
-                if (!pod_name || PyDict_SetItem(pod_nodes, pod_name, domain) < 0) {
-                    Py_XDECREF(pod_name);
-                    Py_DECREF(domain);
-                    goto unexpected;
-                }
-                Py_DECREF(pod_name);
+            domain = Py_NewRef(node);  /* str(a str) is itself */
+            if (has_pod && PyDict_SetItem(pod_nodes, pod, domain) < 0) {
+                Py_DECREF(domain);
+                goto unexpected;
             }
         } else {
             PyObject *at = PyLong_FromSsize_t(i);
@@ -654,15 +648,18 @@ static PyObject *path(PyObject *self, PyObject *args) {
         Py_ssize_t i = order[k], p = t.par[i];
         if (p < 0) {
             roots[nroots++] = i;
-            PyObject *pid = PyList_GET_ITEM(parent_ids, i);
-            int truthy = PyObject_IsTrue(pid);
+            PyObject *pid = item(parent_ids, i);  /* bounds-checked and held: IsTrue may run Python code */
+            Py_XINCREF(pid);
+            int truthy = pid ? PyObject_IsTrue(pid) : -1;
+            if (truthy > 0 && add_flag(flags, i, PyUnicode_FromFormat("orphan: parent %S is not in the trace; "
+                                                                      "promoted to a root", pid)) < 0)
+                truthy = -1;
+            Py_XDECREF(pid);
             if (truthy < 0) goto unexpected;
-            if (truthy && add_flag(flags, i, PyUnicode_FromFormat("orphan: parent %S is not in the trace; promoted "
-                                                                  "to a root", pid)) < 0)
-                goto unexpected;
             continue;
         }
-        int follows_from = PyObject_IsTrue(PyList_GET_ITEM(follows, i));
+        PyObject *follows_i = item(follows, i);
+        int follows_from = follows_i ? PyObject_IsTrue(follows_i) : -1;
         if (follows_from < 0) goto unexpected;
         if (follows_from || (consumer[i] && producer[p])) {
             if (add_flag(flags, i, PyUnicode_FromString("asynchronous (FOLLOWS_FROM or CONSUMER under PRODUCER): "
@@ -1117,7 +1114,129 @@ static PyObject *read_fields(PyObject *self, PyObject *args) {
     return out;
 }
 
+static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* fold_pairs(cross, parent, at, start, end, kinds, links, attributes, follows_from)
+ * -> {(domain_a, domain_b): (lo, hi, pairs)} in first-seen order: skew.trace_pair_bounds' loop over the
+ * cross-domain pairs (skipping those _outlives_parent leaves out; follows_from(i) is asked only for a span with
+ * links), or None. */
+static PyObject *fold_pairs(PyObject *self, PyObject *args) {
+    PyObject *cross, *parent, *at, *start, *end, *kinds, *links, *attributes, *follows_from;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!O!O!O", &PyList_Type, &cross, &PyList_Type, &parent, &PyList_Type, &at,
+                          &PyList_Type, &start, &PyList_Type, &end, &PyList_Type, &kinds, &PyList_Type, &links,
+                          &PyList_Type, &attributes, &follows_from))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(parent);
+    PyObject *lists[] = {at, start, end, kinds, links, attributes};
+    for (int k = 0; k < 6; k++)
+        if (!is_list_of(lists[k], n)) return fallback();
+    PyObject *index = PyDict_New(), *keys = PyList_New(0), *out = NULL, *result = NULL;
+    PyObject *ut = PyUnicode_FromString("UT"), *flags_key = PyUnicode_FromString("response_flags");
+    PyObject *canceled_key = PyUnicode_FromString("canceled");
+    Py_ssize_t count = PyList_GET_SIZE(cross), used = 0;
+    int64_t *bounds = PyMem_Calloc(3 * (size_t)(count ? count : 1), sizeof(int64_t));
+    if (!index || !keys || !ut || !flags_key || !canceled_key || !bounds) {
+        if (!bounds) PyErr_NoMemory();
+        goto unexpected;
+    }
+    for (int k = 0; k < 6; k++) Py_INCREF(lists[k]);
+    Py_INCREF(cross); Py_INCREF(parent);
+    for (Py_ssize_t j = 0; j < PyList_GET_SIZE(cross); j++) {
+        PyObject *child = item(cross, j), *up = child && PyLong_CheckExact(child) ? item(parent, PyLong_AsSsize_t(child))
+                                                                                 : NULL;
+        if (!up || !PyLong_CheckExact(up)) goto release;
+        Py_ssize_t i = PyLong_AsSsize_t(child), p = PyLong_AsSsize_t(up);
+        if (p < 0 || p >= n || i < 0 || i >= n) goto release;
+        PyObject *kind = item(kinds, i), *parent_kind = item(kinds, p), *link = item(links, i);
+        PyObject *map = item(attributes, p);
+        if (!kind || !parent_kind || !link || !map || !PyDict_CheckExact(map)) goto release;
+        if ((kind != Py_None && !PyUnicode_CheckExact(kind)) ||
+            (parent_kind != Py_None && !PyUnicode_CheckExact(parent_kind)))
+            goto release;  /* other kinds: the reference compares them */
+        if ((kind != Py_None && is_ascii(kind, "CONSUMER")) || (parent_kind != Py_None &&
+                                                               is_ascii(parent_kind, "PRODUCER")))
+            continue;
+        if (link != Py_None) {
+            PyObject *answer = PyObject_CallFunction(follows_from, "n", i);
+            int truthy = answer ? PyObject_IsTrue(answer) : -1;
+            Py_XDECREF(answer);
+            if (truthy < 0) goto release;
+            if (truthy) continue;
+        }
+        /* a proxy that gave up: "UT" in str(response_flags or "") or str(canceled) == "true" */
+        PyObject *flag = dict_get(map, flags_key), *canceled = flag ? dict_get(map, canceled_key) : NULL;
+        if (!flag || !canceled || (flag != Py_None && !PyUnicode_CheckExact(flag)) ||
+            (canceled != Py_None && !PyUnicode_CheckExact(canceled)))
+            goto release;
+        if (flag != Py_None) {
+            Py_ssize_t found = PyUnicode_Find(flag, ut, 0, PY_SSIZE_T_MAX, 1);
+            if (found == -2) goto release;
+            if (found >= 0) continue;
+        }
+        if (canceled != Py_None && is_ascii(canceled, "true")) continue;
+        PyObject *a = item(at, p), *b = item(at, i);
+        int64_t si, sp, ei, ep;
+        if (!a || !b || !PyUnicode_CheckExact(a) || !PyUnicode_CheckExact(b) ||
+            as_time(item(start, i), &si) < 0 || as_time(item(start, p), &sp) < 0 ||
+            as_time(item(end, i), &ei) < 0 || as_time(item(end, p), &ep) < 0)
+            goto release;
+        int64_t lo = ei - ep, hi = si - sp;
+        PyObject *key;
+        if (PyUnicode_Compare(a, b) < 0) key = PyTuple_Pack(2, a, b);
+        else {
+            key = PyTuple_Pack(2, b, a);
+            int64_t flipped = -hi;
+            hi = -lo;
+            lo = flipped;
+        }
+        if (!key) goto release;
+        PyObject *slot = PyDict_GetItemWithError(index, key);
+        if (slot) {
+            Py_ssize_t k = PyLong_AsSsize_t(slot);
+            bounds[3 * k] = max64(bounds[3 * k], lo);
+            bounds[3 * k + 1] = min64(bounds[3 * k + 1], hi);
+            bounds[3 * k + 2] += 1;
+        } else {
+            PyObject *number = PyErr_Occurred() ? NULL : PyLong_FromSsize_t(used);
+            if (!number || PyDict_SetItem(index, key, number) < 0 || PyList_Append(keys, key) < 0) {
+                Py_XDECREF(number); Py_DECREF(key);
+                goto release;
+            }
+            Py_DECREF(number);
+            bounds[3 * used] = lo;
+            bounds[3 * used + 1] = hi;
+            bounds[3 * used + 2] = 1;
+            used++;
+        }
+        Py_DECREF(key);
+    }
+    out = PyDict_New();
+    if (!out) goto release;
+    for (Py_ssize_t k = 0; k < used; k++) {
+        PyObject *value = Py_BuildValue("(LLL)", (long long)bounds[3 * k], (long long)bounds[3 * k + 1],
+                                        (long long)bounds[3 * k + 2]);
+        if (!value || PyDict_SetItem(out, PyList_GET_ITEM(keys, k), value) < 0) {
+            Py_XDECREF(value);
+            goto release;
+        }
+        Py_DECREF(value);
+    }
+    result = out;
+    out = NULL;
+release:
+    for (int k = 0; k < 6; k++) Py_DECREF(lists[k]);
+    Py_DECREF(cross); Py_DECREF(parent);
+unexpected:
+    if (!result) result = fallback();
+    Py_XDECREF(index); Py_XDECREF(keys); Py_XDECREF(out); Py_XDECREF(ut); Py_XDECREF(flags_key);
+    Py_XDECREF(canceled_key);
+    PyMem_Free(bounds);
+    return result;
+}
+
 static PyMethodDef METHODS[] = {
+    {"fold_pairs", fold_pairs, METH_VARARGS, "trace_pair_bounds' fold over the cross-domain pairs, or None"},
     {"read_fields", read_fields, METH_VARARGS, "[m.get(key) for m in maps] for several keys in one pass, or None"},
     {"inherit_domains", inherit_domains, METH_VARARGS, "trace_domains' service-domain inheritance, or None"},
     {"cross_pairs", cross_pairs, METH_VARARGS, "positions of spans in another clock domain than their parent"},

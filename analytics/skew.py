@@ -297,7 +297,12 @@ def trace_pair_bounds(spans: Iterable[Span], domains: Mapping[str, str] | None =
     bounds: dict[tuple[str, str], PairBounds] = {}
     native = trace_accelerator.NATIVE
     cross = native.cross_pairs(parent, at) if native is not None else None
-    if cross is None:
+    if cross is not None:
+        folded = native.fold_pairs(cross, parent, at, start, end, kinds, links, columns.attributes,
+                                   lambda i: is_follows_from(spans[i]))
+        if folded is not None:
+            return {key: PairBounds(lo, hi, pairs) for key, (lo, hi, pairs) in folded.items()}
+    else:
         cross = [i for i, p in enumerate(parent) if p >= 0 and at[p] != at[i]]
     # most pairs are on one host: only the cross-domain ones are read further
     for i in cross:

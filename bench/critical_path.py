@@ -13,7 +13,8 @@
    keeping critical paths ready, reported beside the cost of the hops), then is replicated under fresh trace ids
    to --traces traces; the summary query (`/api/v1/critical-path/summary`'s SQL, all three quantiles) is timed
    beside a plain scan of `critical_path`.
-Medians of --runs runs.
+Medians of --runs runs. The per-trace work runs on the C accelerator (analytics/_critical_path.c) when it is built;
+--reference times the Python reference instead (the same computation, analytics/trace_accelerator.py).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from hopscope.analytics import skew
+from hopscope.analytics import skew, trace_accelerator
 from hopscope.analytics.classify import Classifier
 from hopscope.analytics.critical_path import critical_path
 from hopscope.analytics.critical_path_api import _NEAREST, _SUMMARY, QUANTILES, trace_critical_path_json
@@ -143,7 +144,12 @@ def main() -> None:
     parser.add_argument("--traces", type=int, default=100_000, help="traces in the summary (default 100,000)")
     parser.add_argument("--pool-requests", type=int, default=2000, help="distinct simulated requests")
     parser.add_argument("--runs", type=int, default=7, help="timed runs (median reported)")
+    parser.add_argument("--reference", action="store_true", help="time the Python reference, not the C accelerator")
     args = parser.parse_args()
+    if args.reference:
+        trace_accelerator.NATIVE = None
+    print("per-trace work on", "the Python reference" if trace_accelerator.NATIVE is None else
+          "the C accelerator (analytics/_critical_path.c)")
     print("one trace:", flush=True)
     for size, target in ((10_000, 50), (100_000, 1000)):
         baseline, reference_walk, walk, whole = bench_one_trace(size, args.runs)

@@ -83,7 +83,7 @@ def _assert_same_everywhere(monkeypatch: pytest.MonkeyPatch, spans: list[dict[st
     for what in (lambda: vars(TraceColumns.of(spans)), lambda: vars(TraceColumns.of(spans, *keys)),
                  lambda: classifier.roles(spans, *(lambda c: (c.attributes, c.resources))(TraceColumns.of(spans))),
                  lambda: (lambda c: classifier.roles(spans, c.attributes, c.resources, c))(TraceColumns.of(spans)),
-                 lambda: trace_domains(spans),
+                 lambda: trace_domains(spans), lambda: trace_pair_bounds(spans),
                  lambda: trace_critical_path_json(db, spans, classifier, "corrected"),
                  lambda: trace_critical_path_json(db, spans, classifier, "raw")):
         native, reference = _both(monkeypatch, what, fallbacks)
@@ -168,6 +168,8 @@ def _hostile(base: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
         changed(5, attributes=[("node_id", "x")]), changed(5, resource_attributes="node"),
         changed(5, attributes={"node_id": ["unhashable"], "upstream_cluster": {"a": 1}}),
         changed(5, resource_attributes={"k8s.pod.name": ["p"], "host.name": {"h": 1}}),
+        changed(5, attributes={"response_flags": 7, "canceled": True}), changed(5, kind=None),
+        changed(5, resource_attributes={"k8s.node.name": 3, "k8s.pod.name": 4.5}),
         changed(6, span_id=""), changed(6, span_id=7), changed(6, span_id=("a",)), changed(6, span_id=["a"]),
         changed(6, parent_span_id=["x"]), changed(6, parent_span_id=0), changed(6, parent_span_id=7),
         changed(7, kind=3), changed(7, kind=""), changed(7, service_name=True), changed(7, service_name=1),
@@ -188,6 +190,7 @@ def test_hostile_input_gets_the_references_answer(monkeypatch: pytest.MonkeyPatc
     db = duckdb.connect()
     skew.create(db)
     for what in (lambda: vars(TraceColumns.of(spans, ("node_id",), ("app",))), lambda: trace_domains(spans),
+                 lambda: trace_pair_bounds(spans),
                  lambda: _path_fields(trace_path(spans, classifier, None)),
                  lambda: trace_critical_path_json(db, spans, classifier, "corrected")):
         native, reference = _both(monkeypatch, what)
