@@ -81,7 +81,8 @@ class TraceColumns:
     @classmethod
     def of(cls, spans: Sequence[dict[str, Any]], attribute_keys: tuple[str, ...] = (),
            resource_keys: tuple[str, ...] = ()) -> TraceColumns:
-        """The columns, and `fields` of these attribute and resource keys read in the same pass."""
+        """The columns, and (with the C accelerator) `fields` of these attribute and resource keys read in the same
+        pass; the Python reference reads fields when asked."""
         if not isinstance(spans, list):
             spans = list(spans)
         native = trace_accelerator.NATIVE
@@ -89,10 +90,7 @@ class TraceColumns:
         # one pass in C; None: odd input
         read = native.columns(spans, EMPTY, attribute_keys, resource_keys) if native is not None else None
         if read is None:
-            columns = cls.of_reference(spans)
-            columns.fields("attributes", attribute_keys)
-            columns.fields("resources", resource_keys)
-            return columns
+            return cls.of_reference(spans)
         columns = cls(spans, *read[:12])
         for source, keys, values in (("attributes", attribute_keys, read[12]), ("resources", resource_keys, read[13])):
             columns._read.update(((source, key), column) for key, column in zip(keys, values, strict=True))

@@ -100,7 +100,8 @@ def trace_path(spans: list[dict[str, Any]], classifier: Classifier, offsets: Clo
     follows_from = [False] * len(spans)  # bool(links) and is_follows_from(span)
     for i in compress(range(len(spans)), columns.links):
         follows_from[i] = is_follows_from(spans[i])
-    read_fields(columns, classifier)
+    if trace_accelerator.NATIVE is not None:  # the C passes read these; the Python ones read their own
+        read_fields(columns, classifier)
     roles = classifier.roles(spans, columns.attributes, columns.resources, columns)
     if offsets is not None:
         domains = trace_domains(spans, columns) if domains is None else domains
