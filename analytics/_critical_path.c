@@ -1,11 +1,13 @@
-/* One trace's critical path in C: the hot loops of trace_columns.py, classify.Classifier.roles, skew.trace_domains,
- * trace_arrays.py (tree and walk), path_labels.IndexedLabeller (labels) and critical_path_api (sections, totals).
+/* One trace's critical path in C: the hot loops of trace_columns.py, classify.Classifier.roles, skew.trace_domains
+ * and skew.trace_pair_bounds, trace_arrays.py (tree and walk), path_labels.IndexedLabeller (labels),
+ * critical_path_api.sections_json (as JSON text) and TracePath.totals.
  *
  * Optional, like collector/_flatten.c: analytics/trace_accelerator.py loads it and falls back to the Python
  * reference when it is not built. Every function returns None on input it does not expect (a span that is not a
  * dict, a time that is not an int or lies beyond +-2^62, a value whose hash fails, a list that changed length, ...)
  * and the caller then runs the Python reference, which raises or copes exactly as before. Only MemoryError
- * propagates. tests/test_trace_accelerator.py checks that every function gives what the reference gives.
+ * propagates. No function keeps state between calls. tests/test_trace_accelerator.py checks that every function gives
+ * what the reference gives.
  *
  * Nothing recurses: the clipping and the walk keep explicit stacks, so a 100,000-deep chain is fine.
  */
@@ -30,8 +32,7 @@
 
 static PyObject *S_span_id, *S_parent_span_id, *S_start_ns, *S_end_ns, *S_kind, *S_service_name, *S_attributes,
     *S_resource_attributes, *S_links, *S_name, *S_empty,
-    *C_untraced, *C_retry, *C_proxy, *C_network, *C_iptables, *K_span_id, *K_name, *K_service,
-    *K_component, *K_start_us, *K_end_us, *K_duration_ms, *ROUND;
+    *C_untraced, *C_retry, *C_proxy, *C_network, *C_iptables;
 
 /* Unexpected input: clear the error and answer None (the caller runs the Python reference). */
 static PyObject *fallback(void) {
@@ -1258,18 +1259,11 @@ PyMODINIT_FUNC PyInit__critical_path(void) {
         {&S_resource_attributes, "resource_attributes"}, {&S_links, "links"}, {&S_name, "name"},
         {&S_empty, ""},
         {&C_untraced, "untraced"}, {&C_retry, "retry"}, {&C_proxy, "proxy"}, {&C_network, "network"},
-        {&C_iptables, "iptables"}, {&K_span_id, "span_id"}, {&K_name, "name"}, {&K_service, "service"},
-        {&K_component, "component"}, {&K_start_us, "start_unix_us"}, {&K_end_us, "end_unix_us"},
-        {&K_duration_ms, "duration_ms"},
+        {&C_iptables, "iptables"},
     };
     for (size_t k = 0; k < sizeof(strings) / sizeof(strings[0]); k++) {
         *strings[k].slot = PyUnicode_InternFromString(strings[k].text);
         if (!*strings[k].slot) return NULL;
     }
-    PyObject *builtins = PyImport_ImportModule("builtins");
-    if (!builtins) return NULL;
-    ROUND = PyObject_GetAttrString(builtins, "round");
-    Py_DECREF(builtins);
-    if (!ROUND) return NULL;
     return PyModule_Create(&MODULE);
 }
