@@ -32,4 +32,6 @@ def capture_payloads(name: str) -> list[bytes]:
 
 
 def all_capture_names() -> list[str]:
+    if not MESH.is_dir():
+        pytest.skip(f"the reference captures are not at {MESH}")
     return sorted(p.name for p in MESH.glob("captured-*.json") if "zipkin" not in p.name)
