@@ -313,13 +313,7 @@ def trace_pair_bounds(spans: Iterable[Span], domains: Mapping[str, str] | None =
         attributes = columns.attributes[p]
         if "UT" in str(attributes.get("response_flags") or "") or str(attributes.get("canceled")) == "true":
             continue
-        a, b = at[p], at[i]
-        lo, hi = end[i] - end[p], start[i] - start[p]
-        key, found = ((a, b), PairBounds(lo, hi, 1)) if a < b else ((b, a), PairBounds(-hi, -lo, 1))
-        if key in bounds:
-            bounds[key].merge(found)
-        else:
-            bounds[key] = found
+        _fold(bounds, at[p], at[i], end[i] - end[p], start[i] - start[p])
     return bounds
 
 
@@ -335,14 +329,20 @@ def _pair_bounds_of_dicts(spans: list[Span], domains: Mapping[str, str] | None
         a, b = domains[parent["span_id"]], domains[child["span_id"]]
         if a == b or _outlives_parent(parent, child):  # most pairs are on one host: the cheap test first
             continue
-        lo = int(child["end_ns"]) - int(parent["end_ns"])
-        hi = int(child["start_ns"]) - int(parent["start_ns"])
-        key, found = ((a, b), PairBounds(lo, hi, 1)) if a < b else ((b, a), PairBounds(-hi, -lo, 1))
-        if key in bounds:
-            bounds[key].merge(found)
-        else:
-            bounds[key] = found
+        _fold(bounds, a, b, int(child["end_ns"]) - int(parent["end_ns"]),
+              int(child["start_ns"]) - int(parent["start_ns"]))
     return bounds
+
+
+def _fold(bounds: dict[tuple[str, str], PairBounds], parent_domain: str, child_domain: str, lo: int, hi: int) -> None:
+    """One parent → child pair's bounds on δ = clock(child) − clock(parent), kept under the sorted domain pair
+    (the reverse direction bounds −δ)."""
+    a, b = parent_domain, child_domain
+    key, found = ((a, b), PairBounds(lo, hi, 1)) if a < b else ((b, a), PairBounds(-hi, -lo, 1))
+    if key in bounds:
+        bounds[key].merge(found)
+    else:
+        bounds[key] = found
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import httpx
 import pyarrow as pa
 import pyarrow.compute as pc
+from timing import median_ms
 
 from hopscope.analytics import rollup
 from hopscope.analytics.classify import Classifier
@@ -58,15 +58,6 @@ def _fetch(url: str, body: bytes | None = None) -> bytes:
     request = urllib.request.Request(url, data=body, headers={"content-type": "application/json"})
     with urllib.request.urlopen(request, timeout=120) as response:
         return response.read()
-
-
-def _median_ms(action, runs: int) -> float:  # type: ignore[no-untyped-def]
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        action()
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -118,10 +109,10 @@ def main() -> None:
             # one connection per request, as curl does: httpx's keep-alive client adds ~40 ms per request here
             # (Nagle and delayed ACK on its side), which would measure the client, not hopscope
             scan_sql = json.dumps({"sql": "SELECT count(*), avg(duration_ns) FROM spans"}).encode()
-            scan = _median_ms(lambda: _fetch(f"{api}/api/v1/sql", scan_sql), args.runs)
-            summary = _median_ms(lambda: _fetch(f"{api}/api/v1/hops/summary?since=1h"), args.runs)
-            exact = _median_ms(lambda: _fetch(f"{api}/api/v1/hops/summary?since=1h&exact=true"), args.runs)
-            one = _median_ms(lambda: _fetch(f"{api}/api/v1/traces/{trace_id}/hops"), args.runs)
+            scan = median_ms(lambda: _fetch(f"{api}/api/v1/sql", scan_sql), args.runs)
+            summary = median_ms(lambda: _fetch(f"{api}/api/v1/hops/summary?since=1h"), args.runs)
+            exact = median_ms(lambda: _fetch(f"{api}/api/v1/hops/summary?since=1h&exact=true"), args.runs)
+            one = median_ms(lambda: _fetch(f"{api}/api/v1/traces/{trace_id}/hops"), args.runs)
             groups = json.loads(_fetch(f"{api}/api/v1/hops/summary?since=1h"))["groups"]
         finally:
             server.stop(timeout=60)

@@ -20,7 +20,6 @@ Medians of --runs runs. The per-trace work runs on the C accelerator (analytics/
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+from timing import median_ms
 
 from hopscope.analytics import skew, trace_accelerator
 from hopscope.analytics.classify import Classifier
@@ -43,15 +43,6 @@ from hopscope.collector.columns import requests_to_record_batch
 from hopscope.collector.store import SpanStore
 from hopscope.instrumentation.meshsim import MeshSimulator, Options, load_topology
 from hopscope.instrumentation.meshsim.encode import Encoder
-
-
-def _median_ms(action, runs: int) -> float:  # type: ignore[no-untyped-def]
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        action()
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
 
 
 def _simulated(requests: int, seed: int = 5, spread_s: int = 50 * 60) -> pa.Table:
@@ -92,10 +83,10 @@ def bench_one_trace(size: int, runs: int) -> tuple[float, float, float, float]:
                                                      for r in records],
                [r.start_ns for r in records], [r.end_ns for r in records], [r.kind for r in records],
                [r.follows_from for r in records])
-    baseline = _median_ms(lambda: sorted(spans, key=lambda s: (s["start_ns"], s["span_id"])), runs)
-    reference_walk = _median_ms(lambda: critical_path(records), runs)
-    walk = _median_ms(lambda: indexed_walk(indexed_tree(*columns)), runs)
-    whole = _median_ms(lambda: trace_critical_path_json(db, spans, classifier, "corrected"), runs)
+    baseline = median_ms(lambda: sorted(spans, key=lambda s: (s["start_ns"], s["span_id"])), runs)
+    reference_walk = median_ms(lambda: critical_path(records), runs)
+    walk = median_ms(lambda: indexed_walk(indexed_tree(*columns)), runs)
+    whole = median_ms(lambda: trace_critical_path_json(db, spans, classifier, "corrected"), runs)
     db.close()
     return baseline, reference_walk, walk, whole
 
@@ -131,8 +122,8 @@ def bench_summary(traces: int, pool_requests: int, runs: int) -> dict[str, float
         sections = db.execute("SELECT count(*) FROM critical_path").fetchone()[0]
         service = db.execute("SELECT any_value(root_service) FROM critical_path_traces").fetchone()[0]
         filters = [0, 2**62, service, service, None, None]
-        scan = _median_ms(lambda: db.execute("SELECT count(*), avg(duration_ns) FROM critical_path").fetchall(), runs)
-        summary = _median_ms(lambda: (db.execute(_SUMMARY, [*filters, list(QUANTILES), 1.0, 1.0]).fetchall(),
+        scan = median_ms(lambda: db.execute("SELECT count(*), avg(duration_ns) FROM critical_path").fetchall(), runs)
+        summary = median_ms(lambda: (db.execute(_SUMMARY, [*filters, list(QUANTILES), 1.0, 1.0]).fetchall(),
                                       db.execute(_NEAREST, [*filters, list(QUANTILES)]).fetchall()), runs)
         store.close()
     return {"traces": count, "sections": sections, "scan_ms": scan, "summary_ms": summary,

@@ -23,7 +23,7 @@ from hopscope.analytics.trace_columns import TraceColumns
 from hopscope.analytics.trace_path import TracePath, trace_path
 from hopscope.instrumentation.meshsim import Options
 from tests.test_skew import _traces
-from tests.test_trace_arrays import _random_records, _random_span_dicts, _replayed
+from tests.test_trace_arrays import WIDE_AND_DEEP, _random_records, _random_span_dicts, _replayed
 
 pytestmark = pytest.mark.skipif(trace_accelerator.NATIVE is None, reason="the C accelerator is not built here")
 
@@ -138,13 +138,7 @@ def test_accelerator_equals_the_reference_on_simulated_meshes(monkeypatch: pytes
         _assert_same_everywhere(monkeypatch, spans)
 
 
-@pytest.mark.parametrize("records", [
-    [PathSpan("root", None, 0, 1_000_000)] + [PathSpan(f"c{i:06}", "root", i * 10, i * 10 + 10)
-                                              for i in range(100_000)],
-    [PathSpan("root", None, 0, 1_000)] + [PathSpan(f"c{i:06}", "root", 10, 500 + i % 400) for i in range(100_000)],
-    [PathSpan("s0", None, 0, 200_000)] + [PathSpan(f"s{i}", f"s{i - 1}", i * 10, 200_000 - i * 10)
-                                          for i in range(1, 10_000)],
-], ids=["100k-back-to-back-children", "100k-parallel-children", "depth-10k"])
+@WIDE_AND_DEEP
 def test_accelerator_equals_the_reference_on_wide_and_deep_traces(monkeypatch: pytest.MonkeyPatch,
                                                                   records: list[PathSpan]) -> None:
     """The C tree and walk keep explicit stacks: a 10,000-deep chain needs no recursion."""

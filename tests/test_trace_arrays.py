@@ -5,7 +5,6 @@ random traces with every awkward shape, and on the simulator's meshes with skewe
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -15,7 +14,7 @@ from hopscope.analytics.critical_path import PathSpan, critical_path, span_tree
 from hopscope.analytics.skew import (
     ClockOffsets,
     _pair_bounds_of_dicts,
-    clock_domain,
+    _trace_domains_of_dicts,
     clock_shifts,
     trace_domains,
     trace_pair_bounds,
@@ -66,13 +65,17 @@ def test_indexed_walk_equals_the_reference_on_random_traces(seed: int) -> None:
     assert _indexed(records) == _reference(records)
 
 
-@pytest.mark.parametrize("records", [
+# the shapes that break naive tree code: a span with 100,000 children (sequential or parallel), a 10,000-deep chain
+WIDE_AND_DEEP = pytest.mark.parametrize("records", [
     [PathSpan("root", None, 0, 1_000_000)] + [PathSpan(f"c{i:06}", "root", i * 10, i * 10 + 10)
                                               for i in range(100_000)],
     [PathSpan("root", None, 0, 1_000)] + [PathSpan(f"c{i:06}", "root", 10, 500 + i % 400) for i in range(100_000)],
     [PathSpan("s0", None, 0, 200_000)] + [PathSpan(f"s{i}", f"s{i - 1}", i * 10, 200_000 - i * 10)
                                           for i in range(1, 10_000)],
 ], ids=["100k-back-to-back-children", "100k-parallel-children", "depth-10k"])
+
+
+@WIDE_AND_DEEP
 def test_wide_and_deep_traces_walk_like_the_reference(records: list[PathSpan]) -> None:
     """Each parent's children are bisected, never rescanned, and the walk keeps its own stack: a 100,000-child
     span or a 10,000-deep chain is O(n log n) and within no recursion limit."""
@@ -164,29 +167,6 @@ def test_duplicate_span_ids_take_the_reference_path() -> None:
 
 # ---- clock domains ---------------------------------------------------------------------------------------------
 
-def _reference_trace_domains(spans: list[Mapping[str, Any]]) -> dict[str, str]:
-    """skew.trace_domains as first written: one clock_domain call per span."""
-    pod_nodes: dict[str, str] = {}
-    for span in spans:
-        resource = span.get("resource_attributes") or {}
-        if resource.get("k8s.pod.name") and resource.get("k8s.node.name"):
-            pod_nodes[str(resource["k8s.pod.name"])] = str(resource["k8s.node.name"])
-    own = {span["span_id"]: clock_domain(span, pod_nodes) for span in spans}
-    by_id = {span["span_id"]: span for span in spans}
-
-    def inherited(span: Mapping[str, Any]) -> str:
-        seen = set()
-        while own[span["span_id"]].startswith("service:") and span["span_id"] not in seen:
-            seen.add(span["span_id"])
-            parent = by_id.get(span.get("parent_span_id") or "")
-            if parent is None or parent.get("service_name") != span.get("service_name"):
-                break
-            span = parent
-        return own[span["span_id"]]
-
-    return {span["span_id"]: inherited(span) for span in spans}
-
-
 @pytest.mark.parametrize(("topology", "options"), [
     ("bookinfo", Options(spawn_upstream_span=True)), ("shop", Options()), ("bookinfo", Options(mesh="linkerd")),
     ("shop", Options(mesh="ambient-l4")),
@@ -195,10 +175,10 @@ def test_trace_domains_equal_the_reference(topology: str, options: Options) -> N
     traces, _, _ = _traces(topology, options, requests=30)
     for spans in traces.values():
         shuffled = [*spans, dict(spans[0], resource_attributes={})]  # a duplicate id without a node, last
-        assert trace_domains(spans) == _reference_trace_domains(spans)
-        assert trace_domains(shuffled) == _reference_trace_domains(shuffled)
+        assert trace_domains(spans) == _trace_domains_of_dicts(spans)
+        assert trace_domains(shuffled) == _trace_domains_of_dicts(shuffled)
     spans = _random_span_dicts(random.Random(1), 200)
-    assert trace_domains(spans) == _reference_trace_domains(spans)
+    assert trace_domains(spans) == _trace_domains_of_dicts(spans)
 
 
 @pytest.mark.parametrize(("topology", "options"), [
@@ -208,7 +188,7 @@ def test_pair_bounds_and_shifts_on_columns_equal_the_dict_forms(topology: str, o
     traces, _, _ = _traces(topology, options, requests=30)
     samples = [*traces.values(), _random_span_dicts(random.Random(2), 200)]
     for spans in samples:
-        domains = _reference_trace_domains(spans)
+        domains = _trace_domains_of_dicts(spans)
         columns = TraceColumns.of(spans)
         assert trace_pair_bounds(spans, domains, columns) == _pair_bounds_of_dicts(spans, domains)
         offsets = ClockOffsets()
