@@ -18,9 +18,11 @@ is its midpoint and the uncertainty half its width: the truth lies within it whe
 When lo > hi (drift inside the window, or a child that truly outlived its parent), the interval is reported as
 inconsistent and its midpoint used, with half the overlap deficit as uncertainty.
 
-Bounds are kept per 10-minute window (`clock_offsets`) and a trace uses the windows within 30 minutes of its start,
-so slow drift is followed. Per trace, every domain is shifted onto the clock of the root span's domain (what users
-read as "the request's time" does not move), along the chain of pairs with the least summed uncertainty.
+Bounds are kept per 10-minute window (`clock_offsets`); for each pair of domains a trace uses the window nearest its
+start that has pairs (within 30 minutes), plus its own pairs — never the intersection of several windows, which
+would cross as soon as the offset drifts by more than one window's width — so slow drift is followed. Per trace,
+every domain is shifted onto the clock of the root span's domain (what users read as "the request's time" does not
+move), along the chain of pairs with the least summed uncertainty.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from hopscope.analytics import trace_accelerator
 from hopscope.analytics.trace_columns import TraceColumns, column
 
 WINDOW_NS = 600 * 10**9
-REACH_NS = 1800 * 10**9  # a trace uses the windows whose start lies within this of its own start
+REACH_NS = 1800 * 10**9  # a trace uses, per domain pair, the nearest window within this of its own start
 
 OFFSETS_DDL = ("CREATE TABLE IF NOT EXISTS clock_offsets (domain_a VARCHAR NOT NULL, domain_b VARCHAR NOT NULL, "
                "window_start_ns BIGINT NOT NULL, lo_ns BIGINT, hi_ns BIGINT, pairs BIGINT, "
@@ -472,7 +474,7 @@ def store_bounds(db: duckdb.DuckDBPyConnection, traces: Mapping[str, list[Span]]
 
 
 class OffsetWindows:
-    """The stored windows around a time range, combined per trace start (±REACH_NS)."""
+    """The stored windows around a time range; per trace start, each domain pair's nearest window (±REACH_NS)."""
 
     def __init__(self, db: duckdb.DuckDBPyConnection, low_ns: int, high_ns: int) -> None:
         try:
@@ -483,8 +485,11 @@ class OffsetWindows:
             self._rows = []
 
     def at(self, start_ns: int) -> ClockOffsets:
-        offsets = ClockOffsets()
+        nearest: dict[tuple[str, str], tuple[int, PairBounds]] = {}
         for a, b, window, lo, hi, pairs in self._rows:
-            if abs(window + WINDOW_NS // 2 - start_ns) <= REACH_NS + WINDOW_NS // 2:
-                offsets.add({(a, b): PairBounds(lo, hi, pairs)})
+            distance = abs(window + WINDOW_NS // 2 - start_ns)
+            if distance <= REACH_NS + WINDOW_NS // 2 and distance < nearest.get((a, b), (distance + 1,))[0]:
+                nearest[(a, b)] = (distance, PairBounds(lo, hi, pairs))
+        offsets = ClockOffsets()
+        offsets.add({pair: bounds for pair, (_, bounds) in nearest.items()})
         return offsets

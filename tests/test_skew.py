@@ -4,6 +4,7 @@ uncertainty, and the critical path's time per component must equal what really h
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from typing import Any
 
@@ -119,3 +120,37 @@ def test_services_on_the_path_are_the_hop_models_names() -> None:
     services = {service for service, _ in path.totals()}
     assert {"istio-ingressgateway", "productpage", "details", "reviews"} <= services
     assert path.root_service == "istio-ingressgateway"
+
+
+def test_a_drifting_clock_is_followed_window_by_window() -> None:
+    """Node clocks drift: 20 minutes later node-b is 3 ms further off. Each trace must get its own window's
+    estimate (consistent, holding that time's truth), not the crossed intersection of both windows."""
+    import duckdb
+
+    from hopscope.analytics.skew import WINDOW_NS, OffsetWindows, create, store_bounds
+
+    topology = copy.deepcopy(load_topology("bookinfo"))   # its offsets are changed below
+    db = duckdb.connect()
+    create(db)
+    starts_us = [1_795_000_000_000_000, 1_795_000_000_000_000 + 20 * 60 * 10**6]
+    truths = []
+    for start_us in starts_us:
+        simulator = MeshSimulator(topology, seed=4, options=Options(spawn_upstream_span=True))
+        batch = [simulator.request(start_us + i * 40_000) for i in range(60)]
+        record_batch = requests_to_record_batch([Encoder(topology).request(batch).SerializeToString()])
+        from hopscope.analytics.trace_lookup import span_from_row
+
+        traces: dict[str, list] = defaultdict(list)
+        for row in record_batch.to_pylist():
+            span = span_from_row(tuple(record_batch.schema.names), tuple(row.values()))
+            traces[span["trace_id"]].append(span)
+        store_bounds(db, traces)
+        truths.append({node: offset * US for node, offset in topology.node_offsets_us.items()})
+        topology.node_offsets_us["node-b"] += 3_000   # the drift, before the second window's traffic
+    assert starts_us[1] * 1000 // WINDOW_NS != starts_us[0] * 1000 // WINDOW_NS
+    for start_us, truth in zip(starts_us, truths, strict=True):
+        offsets = OffsetWindows(db, start_us * 1000, start_us * 1000).at(start_us * 1000)
+        bounds = offsets.bounds[("node-a", "node-b")] if ("node-a", "node-b") in offsets.bounds else None
+        assert bounds is not None and bounds.consistent, bounds
+        true_delta = truth["node-b"] - truth["node-a"]
+        assert abs(bounds.estimate_ns - true_delta) <= bounds.uncertainty_ns, (bounds, true_delta)
