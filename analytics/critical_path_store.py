@@ -5,7 +5,7 @@ traces settle, so the across-trace summary is one DuckDB query."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import duckdb
@@ -88,9 +88,19 @@ class CriticalPathKeeper:
         self.seconds = 0.0  # the extra cost of keeping critical paths ready (bench/critical_path.py reports it)
         self.paths_written = 0
 
-    def update(self, db: duckdb.DuckDBPyConnection, traces: Mapping[str, list[dict[str, Any]]]) -> None:
+    def update(self, db: duckdb.DuckDBPyConnection, traces: Mapping[str, list[dict[str, Any]]],
+               on_failure: Callable[[str], None]) -> None:
+        """Replace these traces' paths. A trace whose path cannot be computed is reported to `on_failure` (called
+        inside the except) and left without one; every per-trace computation runs before the SQL that depends on
+        it, since one failed statement aborts the follower's whole transaction."""
         started = time.perf_counter()
-        skew.store_bounds(db, traces)
+        failed: set[str] = set()
+
+        def fail(trace_id: str) -> None:
+            failed.add(trace_id)
+            on_failure(trace_id)
+
+        skew.store_bounds(db, traces, fail)
         ids = list(traces)
         db.execute("DELETE FROM critical_path WHERE trace_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
         db.execute("DELETE FROM critical_path_traces WHERE trace_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
@@ -101,11 +111,15 @@ class CriticalPathKeeper:
         sections: list[dict] = []
         summaries: list[dict] = []
         with paused_gc():  # acyclic objects only (trace_columns.py)
-            for spans in traces.values():
-                if not spans:
+            for trace_id, spans in traces.items():
+                if not spans or trace_id in failed:
                     continue
-                path = trace_path(spans, self._classifier, windows.at(min(int(s["start_ns"]) for s in spans)))
-                rows, summary = _rows(path)
+                try:
+                    path = trace_path(spans, self._classifier, windows.at(min(int(s["start_ns"]) for s in spans)))
+                    rows, summary = _rows(path)
+                except Exception:
+                    fail(trace_id)
+                    continue
                 sections += rows
                 summaries.append(summary)
         for name, columns, rows in (("critical_path", PATH_COLUMNS, sections),

@@ -140,7 +140,7 @@ class HopFollower:
             self._db.execute("INSERT INTO hops SELECT * FROM fresh_hops")
             self._db.unregister("fresh_hops")
             rollup.refresh_minutes(self._db, sorted(minutes))
-            self._update_paths(traces)
+            self.paths.update(self._db, traces, on_failure=lambda trace_id: self._skip(trace_id, "critical path"))
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -148,7 +148,8 @@ class HopFollower:
         self.hops_written += len(hop_rows)
 
     # One trace whose spans break the analytics must not stall every other trace behind it (the settled batch
-    # would fail and be retried forever): it is logged with its id, counted, and left without hops or path.
+    # would fail and be retried forever): it is logged with its id, counted, and left without hops or path. Each
+    # trace's Python work runs before the SQL that uses it: one failed statement would abort the transaction.
 
     def _hop_rows(self, traces: dict[str, list[dict[str, Any]]]) -> list[tuple]:
         rows: list[tuple] = []
@@ -158,16 +159,6 @@ class HopFollower:
             except Exception:
                 self._skip(trace_id, "hops")
         return rows
-
-    def _update_paths(self, traces: dict[str, list[dict[str, Any]]]) -> None:
-        try:
-            self.paths.update(self._db, traces)
-        except Exception:   # find the culprit: one trace at a time (the update replaces a trace's rows whole)
-            for trace_id, spans in traces.items():
-                try:
-                    self.paths.update(self._db, {trace_id: spans})
-                except Exception:
-                    self._skip(trace_id, "critical path")
 
     def _skip(self, trace_id: str, what: str) -> None:
         self.traces_skipped += 1

@@ -30,7 +30,7 @@ from __future__ import annotations
 import heapq
 import json
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -446,14 +446,24 @@ def create(db: duckdb.DuckDBPyConnection) -> None:
     db.execute(OFFSETS_DDL)
 
 
-def store_bounds(db: duckdb.DuckDBPyConnection, traces: Mapping[str, list[Span]]) -> None:
-    """Fold the pairs of these traces into their 10-minute windows (min filter: idempotent for the bounds)."""
+def store_bounds(db: duckdb.DuckDBPyConnection, traces: Mapping[str, list[Span]],
+                 on_failure: Callable[[str], None] | None = None) -> None:
+    """Fold the pairs of these traces into their 10-minute windows (min filter: idempotent for the bounds).
+    With `on_failure`, a trace whose pairs cannot be computed is reported (inside the except) and left out — all
+    of that happens before the one SQL statement, which a failure would abort with its transaction."""
     rows: dict[tuple[str, str, int], PairBounds] = {}
-    for spans in traces.values():
+    for trace_id, spans in traces.items():
         if not spans:
             continue
-        window = min(int(s["start_ns"]) for s in spans) // WINDOW_NS * WINDOW_NS
-        for (a, b), found in trace_pair_bounds(spans).items():
+        try:
+            window = min(int(s["start_ns"]) for s in spans) // WINDOW_NS * WINDOW_NS
+            found_pairs = trace_pair_bounds(spans)
+        except Exception:
+            if on_failure is None:
+                raise
+            on_failure(trace_id)
+            continue
+        for (a, b), found in found_pairs.items():
             key = (a, b, window)
             if key in rows:
                 rows[key].merge(found)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from hopscope.analytics import critical_path_store, follower
+from hopscope.analytics import critical_path_store, follower, skew
 from hopscope.analytics.classify import Classifier
 from hopscope.collector.columns import requests_to_record_batch
 from hopscope.collector.store import SpanStore
@@ -32,7 +32,7 @@ def _store_with_simulated_traffic(path: Path) -> SpanStore:
     return store
 
 
-@pytest.mark.parametrize("broken", ["hops", "critical path"])
+@pytest.mark.parametrize("broken", ["hops", "critical path", "clock pairs"])
 def test_a_trace_that_breaks_the_analytics_is_skipped_and_the_others_go_on(
         broken: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = _store_with_simulated_traffic(tmp_path / "spans.duckdb")
@@ -50,8 +50,10 @@ def test_a_trace_that_breaks_the_analytics_is_skipped_and_the_others_go_on(
 
     if broken == "hops":
         monkeypatch.setattr(follower, "TraceHops", breaks_on_victim(follower.TraceHops))
-    else:
+    elif broken == "critical path":
         monkeypatch.setattr(critical_path_store, "trace_path", breaks_on_victim(critical_path_store.trace_path))
+    else:
+        monkeypatch.setattr(skew, "trace_pair_bounds", breaks_on_victim(skew.trace_pair_bounds))
     keeper = follower.HopFollower(store.cursor, Classifier(), settle_seconds=0.0)
     keeper.step(0.0)
     while keeper.step(1e9):
