@@ -5,9 +5,9 @@
  * Optional, like collector/_flatten.c: analytics/trace_accelerator.py loads it and falls back to the Python
  * reference when it is not built. Every function returns None on input it does not expect (a span that is not a
  * dict, a time that is not an int or lies beyond +-2^62, a value whose hash fails, a list that changed length, ...)
- * and the caller then runs the Python reference, which raises or copes exactly as before. Only MemoryError
- * propagates. No function keeps state between calls. tests/test_trace_accelerator.py checks that every function gives
- * what the reference gives.
+ * and the caller then runs the Python reference, which raises or copes exactly as before. Only MemoryError and
+ * what is not an Exception (KeyboardInterrupt, SystemExit raised in a Python callback) propagate. No function keeps
+ * state between calls. tests/test_trace_accelerator.py checks that every function gives what the reference gives.
  *
  * Nothing recurses: the clipping and the walk keep explicit stacks, so a 100,000-deep chain is fine.
  */
@@ -34,10 +34,12 @@ static PyObject *S_span_id, *S_parent_span_id, *S_start_ns, *S_end_ns, *S_kind, 
     *S_resource_attributes, *S_links, *S_name, *S_empty,
     *C_untraced, *C_retry, *C_proxy, *C_network, *C_iptables;
 
-/* Unexpected input: clear the error and answer None (the caller runs the Python reference). */
+/* Unexpected input: clear the error and answer None (the caller runs the Python reference). MemoryError and a
+ * BaseException that is not an Exception (KeyboardInterrupt, SystemExit from a callback) propagate: rerunning the
+ * reference would swallow the user's Ctrl-C or exit. */
 static PyObject *fallback(void) {
     if (PyErr_Occurred()) {
-        if (PyErr_ExceptionMatches(PyExc_MemoryError)) return NULL;
+        if (PyErr_ExceptionMatches(PyExc_MemoryError) || !PyErr_ExceptionMatches(PyExc_Exception)) return NULL;
         PyErr_Clear();
     }
     Py_RETURN_NONE;

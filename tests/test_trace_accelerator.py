@@ -229,3 +229,12 @@ def test_section_strings_are_written_as_orjson_writes_them(monkeypatch: pytest.M
     surrogate = [Segment("\ud800", None, "app", 0, 1)]
     native, reference = _both(monkeypatch, lambda: orjson.dumps(sections_json(surrogate, {})))
     assert native == reference == orjson.JSONEncodeError
+
+
+@pytest.mark.parametrize("raised", [KeyboardInterrupt, SystemExit])
+def test_a_callbacks_keyboard_interrupt_or_exit_is_not_swallowed(raised: type[BaseException]) -> None:
+    def compute(i: int) -> str:
+        raise raised
+
+    with pytest.raises(raised):
+        trace_accelerator.NATIVE.memoised({}, 10, compute, ((0, None),), (["x"],), None)
