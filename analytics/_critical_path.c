@@ -632,6 +632,7 @@ static PyObject *path(PyObject *self, PyObject *args) {
             goto unexpected;
         t.ids[i] = id;
         t.par[i] = PyLong_AsSsize_t(p);
+        if (t.par[i] == -1 && PyErr_Occurred()) goto unexpected;  /* overflow: -1 with an error set */
         long code = PyLong_AsLong(b);
         if (t.par[i] < -1 || t.par[i] >= n || code < 0 || code > 255) goto unexpected;
         t.bits[i] = (unsigned char)code;
@@ -1019,6 +1020,7 @@ static PyObject *inherit_domains(PyObject *self, PyObject *args) {
         if (at < 0) goto unexpected;
         by_service[i] = (unsigned char)at;
         up[i] = PyLong_AsSsize_t(p);
+        if (up[i] == -1 && PyErr_Occurred()) goto unexpected;  /* overflow: -1 with an error set */
         if (up[i] < -1 || up[i] >= n) goto unexpected;
     }
     out = PyList_GetSlice(own, 0, n);
@@ -1073,6 +1075,7 @@ static PyObject *cross_pairs(PyObject *self, PyObject *args) {
         PyObject *pos = item(parent, i);
         if (!pos || !PyLong_CheckExact(pos)) goto unexpected;
         Py_ssize_t p = PyLong_AsSsize_t(pos);
+        if (p == -1 && PyErr_Occurred()) goto unexpected;  /* overflow: -1 with an error set */
         if (p < -1 || p >= n) goto unexpected;
         if (p < 0) continue;
         PyObject *a = item(at, p), *b = item(at, i);

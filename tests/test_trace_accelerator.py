@@ -231,6 +231,16 @@ def test_section_strings_are_written_as_orjson_writes_them(monkeypatch: pytest.M
     assert native == reference == orjson.JSONEncodeError
 
 
+@pytest.mark.parametrize("call", [
+    lambda native: native.inherit_domains(["service:a"], [2**70], ["a"]),
+    lambda native: native.cross_pairs([2**70], ["a"]),
+    lambda native: native.path(["a"], [None], [2**70], [0], [1], ["SERVER"], [False], ["app_server"], [0], ["app"],
+                               ["a"], ["a"], [None], [None], lambda i: "a", Segment),
+])
+def test_a_position_past_ssize_t_falls_back_without_a_stale_error(call: Callable[[Any], Any]) -> None:
+    assert call(trace_accelerator.NATIVE) is None
+
+
 @pytest.mark.parametrize("raised", [KeyboardInterrupt, SystemExit])
 def test_a_callbacks_keyboard_interrupt_or_exit_is_not_swallowed(raised: type[BaseException]) -> None:
     def compute(i: int) -> str:
