@@ -841,6 +841,8 @@ static int put(Text *t, const char *bytes, size_t count) {
 
 static int put_literal(Text *t, const char *text) { return put(t, text, strlen(text)); }
 
+#define INT64_CHARS 20 /* the longest int64 written: "-9223372036854775808" */
+
 static char *write_int(char *out, int64_t v) {
     char digits[24];
     int k = 0;
@@ -878,7 +880,9 @@ static PyObject *sections_body(PyObject *self, PyObject *args) {
     int empty_named = PyDict_Contains(names, S_empty);
     if (empty_named < 0) return fallback();
     Text t = {NULL, 0, 0};
-    char number[96];
+    /* the tail of one section: three ints of at most INT64_CHARS each, their keys, '.', three digits and '}' */
+    char number[128];
+    _Static_assert(sizeof(number) >= 17 + 15 + 15 + 3 * INT64_CHARS + 5, "sections_body: number[] too small");
     Py_INCREF(segments);
     if (put(&t, "[", 1) < 0) goto unexpected;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(segments); i++) {
