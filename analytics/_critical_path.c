@@ -246,7 +246,9 @@ static PyObject *memoised(PyObject *self, PyObject *args) {
             if (!PyErr_ExceptionMatches(PyExc_TypeError)) goto unexpected;
             PyErr_Clear();  /* an unhashable value (a list attribute): computed, not memoised */
         } else {
-            value = _PyDict_GetItem_KnownHash(memo, key, hash);
+            /* public API (the private _PyDict_*_KnownHash calls may change in any release): the key is hashed
+             * again, a tuple of mostly cached str hashes, within the bench's noise (docs/performance.md) */
+            value = PyDict_GetItemWithError(memo, key);
             if (!value && PyErr_Occurred()) goto unexpected;
             Py_XINCREF(value);
         }
@@ -255,7 +257,7 @@ static PyObject *memoised(PyObject *self, PyObject *args) {
             if (!value) goto unexpected;
             if (hash != -1) {
                 if (PyDict_GET_SIZE(memo) >= limit) PyDict_Clear(memo);
-                if (_PyDict_SetItem_KnownHash(memo, key, value, hash) < 0) { Py_DECREF(value); goto unexpected; }
+                if (PyDict_SetItem(memo, key, value) < 0) { Py_DECREF(value); goto unexpected; }
             }
         }
         Py_CLEAR(key);
