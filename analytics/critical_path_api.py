@@ -4,6 +4,8 @@ traces of an endpoint at p50/p95/p99, and what-if projections. Units per DESIGN 
 from __future__ import annotations
 
 import math
+import random
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from itertools import repeat
@@ -37,6 +39,13 @@ AT_PN = ("the traces at pN are those whose nearest-rank position by end-to-end l
 _ENDPOINT = ("start_ns >= ? AND start_ns < ? AND (? IS NULL OR root_service = ?) "
              "AND (? IS NULL OR root_operation = ?)")
 _COUNT = f"SELECT count(*) FROM critical_path_traces WHERE {_ENDPOINT}"
+# what-if's sample: a uniform one by trace id hash, with the stored span counts (the span budget is planned on them)
+_SAMPLE = f"SELECT trace_id, span_count FROM critical_path_traces WHERE {_ENDPOINT} ORDER BY hash(trace_id) LIMIT ?"
+_BY_ROWID = ("SELECT trace_id FROM trace_rowids WHERE trace_id IN (SELECT unnest(?::VARCHAR[])) "
+             "ORDER BY first_rowid, trace_id")
+WHAT_IF_MAX_SPANS = 500_000  # spans one what-if request may hold and replay: max_spans' default and upper bound
+WHAT_IF_SECONDS = 10.0  # wall-clock limit of one what-if replay, as the SQL endpoint's (analytics/sql.py)
+WHAT_IF_CHUNK = 200  # traces read (and held) per query
 # One row per (quantile, service, component): the band's traces joined to their stored path sections.
 _SUMMARY = f"""
 WITH t AS (
@@ -138,6 +147,62 @@ def _traces_spans(db: duckdb.DuckDBPyConnection, trace_ids: list[str]) -> dict[s
     return traces
 
 
+def _within_budget(sample: list[tuple[str, int | None]], max_spans: int) -> tuple[list[str], bool]:
+    """The sample's traces, in order, until their stored span counts would pass max_spans; True if any were left."""
+    ids, spans = [], 0
+    for trace_id, count in sample:
+        spans += count or 0
+        if spans > max_spans:
+            return ids, True
+        ids.append(trace_id)
+    return ids, False
+
+
+def _chunks(db: duckdb.DuckDBPyConnection, ids: list[str]) -> list[list[str]]:
+    """The traces in chunks of WHAT_IF_CHUNK adjacent in the spans table, so each chunk's rowid range stays narrow
+    (a chunk of hash-ordered traces would span the whole window), visited in a fixed shuffled order, so a replay
+    cut short by the time limit still spreads over the window rather than covering its start."""
+    ordered = [row[0] for row in db.execute(_BY_ROWID, [ids]).fetchall()] if ids else []
+    chunks = [ordered[i:i + WHAT_IF_CHUNK] for i in range(0, len(ordered), WHAT_IF_CHUNK)]
+    random.Random(0).shuffle(chunks)
+    return chunks
+
+
+def _replay(db: duckdb.DuckDBPyConnection, chunks: list[list[str]], windows: OffsetWindows, classifier: Classifier,
+            removed: Callable[[Segment], bool], max_spans: int, deadline: float
+            ) -> tuple[list[int], list[int], int, str | None]:
+    """(actual, projected, spans, cut_by): each trace's latency and its replay without the removed time, a chunk
+    read at a time; cut_by names the limit that stopped it early ("time_limit", or "max_spans" if the traces grew
+    past their stored counts with late spans), else None."""
+    actual: list[int] = []
+    projected: list[int] = []
+    replayed_spans = 0
+    for chunk in chunks:
+        for spans in _traces_spans(db, chunk).values():
+            if time.monotonic() >= deadline:
+                return actual, projected, replayed_spans, "time_limit"
+            if replayed_spans + len(spans) > max_spans:
+                return actual, projected, replayed_spans, "max_spans"
+            with paused_gc():  # one trace at a time: acyclic objects only (trace_columns.py)
+                offsets = windows.at(min(int(s["start_ns"]) for s in spans))
+                offsets.add(trace_pair_bounds(spans))
+                path = trace_path(spans, classifier, offsets)
+                actual.append(path.duration_ns)
+                projected.append(projected_duration_ns(*path.replay(), removed))
+            replayed_spans += len(spans)
+    return actual, projected, replayed_spans, None
+
+
+def _cut_short_note(cut_by: str | None, max_spans: int) -> str | None:
+    if cut_by == "time_limit":
+        return (f"stopped at the {WHAT_IF_SECONDS:g} s time limit: percentiles are over the traces replayed by "
+                "then (narrow the window, the endpoint or max_traces)")
+    if cut_by == "max_spans":
+        return (f"stopped at the span budget (max_spans={max_spans:,}): percentiles are over the traces that fit "
+                "(narrow the window, the endpoint or max_traces)")
+    return None
+
+
 def _nearest_rank(values: list[int], q: int) -> int | None:
     ordered = sorted(values)
     return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)] if ordered else None
@@ -200,34 +265,31 @@ def critical_path_router(cursor: Callable[[], duckdb.DuckDBPyConnection], classi
                 operation: str | None = Query(None, description="the endpoint: root span's name"),
                 since: str = Query("1h", description=SINCE_HELP), until: str | None = Query(None),
                 max_traces: int = Query(2000, ge=1, le=20_000, description="replay at most this many traces, a "
-                                                                           "uniform sample by trace id hash")
+                                                                           "uniform sample by trace id hash"),
+                max_spans: int = Query(WHAT_IF_MAX_SPANS, ge=1, le=WHAT_IF_MAX_SPANS,
+                                       description="stop adding traces to the sample once their spans would pass "
+                                                   "this many")
                 ) -> dict[str, Any]:
+        deadline = time.monotonic() + WHAT_IF_SECONDS
         low, high = window(since, until)
         db = cursor()
         filters = [low, high, service, service, operation, operation]
         total = db.execute(_COUNT, filters).fetchone()[0]
-        ids = [r[0] for r in db.execute(
-            f"SELECT trace_id FROM critical_path_traces WHERE {_ENDPOINT} ORDER BY hash(trace_id) LIMIT ?",
-            [*filters, max_traces]).fetchall()]
-        traces = _traces_spans(db, ids) if ids else {}
+        ids, over_budget = _within_budget(db.execute(_SAMPLE, [*filters, max_traces]).fetchall(), max_spans)
         windows = OffsetWindows(db, low, high)
 
         def removed(segment: Segment) -> bool:
             return segment.component == component and (component_service is None
                                                        or segment.service == component_service)
 
-        actual, projected = [], []
-        for spans in traces.values():
-            with paused_gc():  # one trace at a time: acyclic objects only (trace_columns.py)
-                start = min(int(s["start_ns"]) for s in spans)
-                offsets = windows.at(start)
-                offsets.add(trace_pair_bounds(spans))
-                path = trace_path(spans, classifier, offsets)
-                actual.append(path.duration_ns)
-                projected.append(projected_duration_ns(*path.replay(), removed))
+        actual, projected, spans, cut_by = _replay(db, _chunks(db, ids), windows, classifier, removed, max_spans,
+                                                   deadline)
+        cut_by = cut_by or ("max_spans" if over_budget else None)
         return {"service": service, "operation": operation, "component": component,
                 "component_service": component_service, "since_unix_us": low // 1000, "until_unix_us": high // 1000,
-                "traces": total, "replayed": len(actual), "sampled": len(actual) < total,
+                "traces": total, "replayed": len(actual), "sampled": len(actual) < total, "spans_replayed": spans,
+                "max_spans": max_spans, "cut_short": cut_by is not None, "cut_short_by": cut_by,
+                "cut_short_note": _cut_short_note(cut_by, max_spans),
                 "latency_ms": {f"p{q}": ms(_nearest_rank(actual, q)) for q in QUANTILES},
                 "projected_ms": {f"p{q}": ms(_nearest_rank(projected, q)) for q in QUANTILES},
                 "mean_saving_ms": ms((sum(actual) - sum(projected)) / len(actual)) if actual else None,

@@ -117,9 +117,37 @@ def test_what_if_iptables_were_free_on_a_sequential_mesh(fed: tuple[str, dict]) 
         rank = math.ceil(q / 100 * REQUESTS) - 1
         assert body["projected_ms"][f"p{q}"] == pytest.approx(projected[rank] / 1000, abs=1e-9)
         assert body["latency_ms"][f"p{q}"] == pytest.approx(actual[rank] / 1000, abs=1e-9)
+    assert not body["cut_short"] and body["cut_short_by"] is None and body["cut_short_note"] is None
     one = httpx.get(f"{api}/api/v1/what-if", params={"component": "proxy", "component_service": "reviews",
                                                      "since": "10m"}).json()
-    assert one["mean_saving_ms"] > 0
+    assert one["replayed"] == REQUESTS
+    saved = {t: _reviews_proxy_us(h) for t, h in by_trace.items()}  # reviews' sidecar: its hops in and out
+    projected = sorted(_root_total_us(h) - saved[t] for t, h in by_trace.items())
+    for q in (50, 95, 99):
+        assert one["projected_ms"][f"p{q}"] == pytest.approx(projected[math.ceil(q / 100 * REQUESTS) - 1] / 1000,
+                                                             abs=1e-9)
+    assert one["mean_saving_ms"] == pytest.approx(sum(saved.values()) / REQUESTS / 1000, abs=1e-3)
+
+
+def _reviews_proxy_us(hops: list) -> int:
+    return sum((h.proxy_inbound_us or 0) for h in hops if h.callee == "reviews") + \
+        sum((h.proxy_outbound_us or 0) for h in hops if h.caller == "reviews")
+
+
+def test_what_if_past_its_span_budget_answers_with_the_traces_that_fit(fed: tuple[str, dict]) -> None:
+    """max_spans stops adding traces once their spans would pass it; the answer says so and why."""
+    api, _ = fed
+    params = {"component": "iptables", "service": GATEWAY, "since": "10m"}
+    full = httpx.get(f"{api}/api/v1/what-if", params=params).json()
+    budget = full["spans_replayed"] // 10
+    body = httpx.get(f"{api}/api/v1/what-if", params={**params, "max_spans": budget}).json()
+    assert body["traces"] == REQUESTS and 0 < body["replayed"] < REQUESTS
+    assert body["cut_short"] and body["sampled"] and body["cut_short_by"] == "max_spans"
+    assert f"max_spans={budget:,}" in body["cut_short_note"]
+    assert 0 < body["spans_replayed"] <= budget == body["max_spans"]
+    assert body["projected_ms"]["p50"] < body["latency_ms"]["p50"]
+    too_many = httpx.get(f"{api}/api/v1/what-if", params={**params, "max_spans": 10**9})
+    assert too_many.status_code == 422
 
 
 @pytest.mark.parametrize(("path", "status"), [
