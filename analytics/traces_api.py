@@ -45,7 +45,7 @@ LIMIT ?"""
 
 _TRACE_COLUMNS = ("trace_id", "span_id", "parent_span_id", "name", "kind", "service_name", "start_ns", "end_ns",
                   "status_code", "status_message", "http_status_code", "k8s_pod", "k8s_node", "scope_name",
-                  "attributes", "resource_attributes")
+                  "attributes", "resource_attributes", "links")   # links: FOLLOWS_FROM children bound no skew
 
 
 def traces_router(cursor: Callable[[], duckdb.DuckDBPyConnection], classifier: Classifier) -> APIRouter:
@@ -98,6 +98,8 @@ def traces_router(cursor: Callable[[], duckdb.DuckDBPyConnection], classifier: C
             if "raw_start_ns" in span:
                 out[-1]["raw_start_unix_us"] = span["raw_start_ns"] // 1000
                 out[-1]["clock_domain"] = span["clock_domain"]
-        return {"trace_id": trace_id, "span_count": len(out), "spans": out, "skew": report}
+        # the skew was estimated from these spans only: say when the trace was cut at `limit`
+        return {"trace_id": trace_id, "span_count": len(out), "truncated": len(out) >= limit, "spans": out,
+                "skew": report}
 
     return router
