@@ -65,8 +65,21 @@ def existing_namespaces() -> list[str]:
     return [line.split()[0] for line in listed.splitlines() if line.startswith(NETNS_PREFIX)]
 
 
+def _host_addresses_in_lab_range() -> list[str]:
+    """Routes and addresses of the host's own (a VPN, a LAN) inside 10.78.0.0/16, which the lab would shadow."""
+    routes = [route for route in run(["ip", "-4", "route", "show", "root", LAB_NETWORK]).splitlines()
+              if HOST_LINK not in route]
+    addresses = [line for line in run(["ip", "-4", "-o", "addr", "show"]).splitlines()
+                 if " 10.78." in line and HOST_LINK not in line]
+    return routes + [" ".join(line.split()[1:4]) for line in addresses]
+
+
 def build(spec: LabSpec) -> None:
     """Make the whole network; on any failure remove what was made and raise."""
+    taken = _host_addresses_in_lab_range()
+    if taken:
+        raise LabError(f"the host already uses the lab's range {LAB_NETWORK} ({'; '.join(taken)}); the lab would "
+                       "hijack it — free it, or run the lab on another machine")
     leftovers = existing_namespaces()
     if leftovers:
         raise LabError(f"namespaces of an earlier lab still exist ({', '.join(leftovers)}); "
@@ -186,7 +199,7 @@ def teardown() -> list[str]:
         pids = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True).stdout.split()
         for pid in pids:
             subprocess.run(["kill", "-KILL", pid], capture_output=True)
-        subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
-        deleted.append(namespace)
+        if subprocess.run(["ip", "netns", "del", namespace], capture_output=True).returncode == 0:
+            deleted.append(namespace)
     subprocess.run(["ip", "link", "del", HOST_LINK], capture_output=True)  # gone already unless node 1 failed early
     return deleted

@@ -59,3 +59,14 @@ def test_teardown_after_a_kill_leaves_nothing_behind(tmp_path) -> None:
     assert _lab_namespaces() == []
     assert _lab_processes() == []
     assert subprocess.run(["ip", "link", "show", "hsl-uplink"], capture_output=True).returncode != 0
+
+
+def test_a_host_already_using_the_lab_range_is_refused_untouched() -> None:
+    """A VPN or LAN route inside 10.78.0.0/16 would be shadowed by the lab's: it refuses and makes nothing."""
+    subprocess.run(["ip", "route", "add", "10.78.9.0/24", "dev", "lo"], check=True)
+    try:
+        refused = subprocess.run([*LAB, "--duration", "1"], capture_output=True, text=True, timeout=60)
+    finally:
+        subprocess.run(["ip", "route", "del", "10.78.9.0/24", "dev", "lo"], check=True)
+    assert refused.returncode == 1 and "10.78.9.0/24" in refused.stderr, refused.stderr
+    assert _lab_namespaces() == []
