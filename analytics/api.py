@@ -17,7 +17,7 @@ from hopscope.analytics.classify import Classifier
 from hopscope.analytics.critical_path_store import offsets_for
 from hopscope.analytics.follower import SPAN_FIELDS
 from hopscope.analytics.hops import HopBreakdown, TraceHops
-from hopscope.analytics.params import SINCE_HELP, checked_trace_id, window
+from hopscope.analytics.params import SINCE_HELP, SKEW, checked_trace_id, window
 from hopscope.analytics.skew import correct_clock_skew
 from hopscope.analytics.sql import SqlBusy, SqlRefused, SqlRunner
 from hopscope.analytics.timerange import duration_ns
@@ -46,9 +46,7 @@ def hops_router(cursor: Callable[[], duckdb.DuckDBPyConnection], classifier: Cla
     router = APIRouter(prefix="/api/v1", tags=["hops"])
 
     @router.get("/traces/{trace_id}/hops", summary="Every hop of one trace, its latency split into components")
-    def trace_hops(trace_id: str, skew: str = Query("corrected", pattern="^(raw|corrected)$",
-                                                    description="instants on the root's clock, or as sent")
-                   ) -> dict[str, Any]:
+    def trace_hops(trace_id: str, skew: str = SKEW) -> dict[str, Any]:
         db = cursor()
         spans = trace_spans(db, checked_trace_id(trace_id), SPAN_FIELDS)
         if not spans:

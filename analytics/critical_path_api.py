@@ -21,7 +21,7 @@ from hopscope.analytics.aggregates import ms
 from hopscope.analytics.classify import Classifier
 from hopscope.analytics.critical_path_store import offsets_for
 from hopscope.analytics.follower import SPAN_FIELDS
-from hopscope.analytics.params import SINCE_HELP, checked_trace_id, window
+from hopscope.analytics.params import SINCE_HELP, SKEW, checked_trace_id, window
 from hopscope.analytics.path_labels import COMPONENTS, Segment
 from hopscope.analytics.skew import OffsetWindows, trace_domains, trace_pair_bounds
 from hopscope.analytics.trace_columns import TraceColumns, paused_gc
@@ -29,8 +29,6 @@ from hopscope.analytics.trace_lookup import span_from_row, trace_spans
 from hopscope.analytics.trace_path import TracePath, path_fields, trace_path
 from hopscope.analytics.what_if import projected_duration_ns
 
-SKEW_HELP = "corrected (default): every clock domain moved onto the root's clock; raw: as the spans arrived"
-SKEW = Query("corrected", pattern="^(raw|corrected)$", description=SKEW_HELP)
 QUANTILES = (50, 95, 99)
 AT_PN = ("the traces at pN are those whose nearest-rank position by end-to-end latency lies between p(N-band) and "
          "p(N+band) inclusive (band in percentile points); shares are their summed critical-path time per service "

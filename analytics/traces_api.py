@@ -12,7 +12,7 @@ from fastapi import APIRouter, HTTPException, Query
 from hopscope.analytics.aggregates import ms
 from hopscope.analytics.classify import Classifier
 from hopscope.analytics.critical_path_store import offsets_for
-from hopscope.analytics.params import SINCE_HELP, checked_trace_id, window
+from hopscope.analytics.params import SINCE_HELP, SKEW, checked_trace_id, window
 from hopscope.analytics.skew import correct_clock_skew
 from hopscope.analytics.trace_lookup import trace_spans
 
@@ -79,9 +79,7 @@ def traces_router(cursor: Callable[[], duckdb.DuckDBPyConnection], classifier: C
 
     @router.get("/traces/{trace_id}", summary="One trace's spans, with the mesh role hopscope gave each")
     def trace(trace_id: str, limit: int = Query(10_000, ge=1, le=100_000),
-              skew: str = Query("corrected", pattern="^(raw|corrected)$",
-                                description="start instants on the root's clock (raw_start_unix_us keeps what "
-                                            "arrived), or as sent")) -> dict[str, Any]:
+              skew: str = SKEW) -> dict[str, Any]:
         db = cursor()
         spans = trace_spans(db, checked_trace_id(trace_id), _TRACE_COLUMNS, limit)
         if not spans:
