@@ -25,7 +25,7 @@ from hopscope.analytics.params import SINCE_HELP, SKEW, checked_trace_id, window
 from hopscope.analytics.path_labels import COMPONENTS, Segment
 from hopscope.analytics.skew import OffsetWindows, trace_domains, trace_pair_bounds
 from hopscope.analytics.trace_columns import TraceColumns, paused_gc
-from hopscope.analytics.trace_lookup import span_from_row, trace_spans
+from hopscope.analytics.trace_lookup import MAX_TRACE_SPANS, span_from_row, trace_spans
 from hopscope.analytics.trace_path import TracePath, path_fields, trace_path
 from hopscope.analytics.what_if import projected_duration_ns
 
@@ -106,18 +106,18 @@ def sections_json(segments: list[Segment], names: dict[str, str]) -> list[dict[s
 
 
 def trace_critical_path_json(db: duckdb.DuckDBPyConnection, spans: list[dict[str, Any]], classifier: Classifier,
-                             skew: str) -> bytes:
+                             skew: str, truncated: bool = False) -> bytes:
     """`/traces/{id}/critical-path`'s body once the spans are read (bench/critical_path.py times this): the span
     dicts are read once into columns, shared by the clock domains, the skew estimate, its correction and the walk;
     the garbage collector is paused meanwhile (trace_columns.py says why) and switched back on only once the
     computation's objects are freed (else the next allocation starts a collection that walks them, and every few
     calls one that walks the span dicts); orjson writes the body."""
     with paused_gc():
-        return _critical_path_body(db, spans, classifier, skew)
+        return _critical_path_body(db, spans, classifier, skew, truncated)
 
 
 def _critical_path_body(db: duckdb.DuckDBPyConnection, spans: list[dict[str, Any]], classifier: Classifier,
-                        skew: str) -> bytes:
+                        skew: str, truncated: bool) -> bytes:
     try:
         columns: TraceColumns | None = TraceColumns.of(spans, *path_fields(classifier))
     except (TypeError, KeyError):  # maps that are not dicts: the per-dict paths
@@ -127,7 +127,9 @@ def _critical_path_body(db: duckdb.DuckDBPyConnection, spans: list[dict[str, Any
     path = trace_path(spans, classifier, offsets, domains, columns)
     names = dict(zip(columns.ids, columns.names, strict=True)) if columns else \
         {s["span_id"]: s["name"] for s in spans}
-    return orjson.dumps(path_json(path, names))
+    body = path_json(path, names)
+    body["truncated"] = truncated   # only the first MAX_TRACE_SPANS spans were read: the path is of those
+    return orjson.dumps(body)
 
 
 def _traces_spans(db: duckdb.DuckDBPyConnection, trace_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
@@ -216,7 +218,9 @@ def critical_path_router(cursor: Callable[[], duckdb.DuckDBPyConnection], classi
         spans = trace_spans(db, checked_trace_id(trace_id), SPAN_FIELDS)
         if not spans:
             raise HTTPException(404, f"no spans for trace {trace_id}")
-        return Response(trace_critical_path_json(db, spans, classifier, skew), media_type="application/json")
+        return Response(trace_critical_path_json(db, spans, classifier, skew,
+                                                 truncated=len(spans) >= MAX_TRACE_SPANS),
+                        media_type="application/json")
 
     @router.get("/critical-path/summary", summary="Across an endpoint's traces: the share of critical-path time "
                                                   "per service and per component at the p50/p95/p99 traces")

@@ -9,9 +9,11 @@ from typing import Any
 
 import duckdb
 
+MAX_TRACE_SPANS = 100_000  # one trace read for one request: beyond this the answer says it was cut
+
 
 def trace_spans(db: duckdb.DuckDBPyConnection, trace_id: str, columns: tuple[str, ...],
-                limit: int = 100_000) -> list[dict[str, Any]]:
+                limit: int = MAX_TRACE_SPANS) -> list[dict[str, Any]]:
     """The trace's spans as dicts in start order, `attributes` and `resource_attributes` parsed when selected."""
     select = ", ".join(columns)
     known = db.execute("SELECT first_rowid, last_rowid FROM trace_rowids WHERE trace_id = ?", [trace_id]).fetchone()

@@ -14,7 +14,7 @@ from hopscope.analytics.classify import Classifier
 from hopscope.analytics.critical_path_store import offsets_for
 from hopscope.analytics.params import SINCE_HELP, SKEW, checked_trace_id, window
 from hopscope.analytics.skew import correct_clock_skew
-from hopscope.analytics.trace_lookup import trace_spans
+from hopscope.analytics.trace_lookup import MAX_TRACE_SPANS, trace_spans
 
 _SERVICES = """
 SELECT service_name, any_value(k8s_namespace) AS namespace, count(*) AS spans, max(start_ns) AS last_ns
@@ -78,7 +78,7 @@ def traces_router(cursor: Callable[[], duckdb.DuckDBPyConnection], classifier: C
                            for trace_id, start, duration, count, error, root_service, root_name in rows]}
 
     @router.get("/traces/{trace_id}", summary="One trace's spans, with the mesh role hopscope gave each")
-    def trace(trace_id: str, limit: int = Query(10_000, ge=1, le=100_000),
+    def trace(trace_id: str, limit: int = Query(10_000, ge=1, le=MAX_TRACE_SPANS),
               skew: str = SKEW) -> dict[str, Any]:
         db = cursor()
         spans = trace_spans(db, checked_trace_id(trace_id), _TRACE_COLUMNS, limit)

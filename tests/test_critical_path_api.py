@@ -55,6 +55,7 @@ def test_one_traces_path_tiles_the_root_and_its_components_equal_the_truth(fed: 
     api, by_trace = fed
     for trace_id in list(by_trace)[:10]:
         body = httpx.get(f"{api}/api/v1/traces/{trace_id}/critical-path").json()
+        assert body["truncated"] is False   # every span of the trace was read
         sections = body["sections"]
         assert all(a["end_unix_us"] == b["start_unix_us"] for a, b in zip(sections, sections[1:], strict=False))
         assert sections[0]["start_unix_us"] == body["start_unix_us"] and sections[-1]["end_unix_us"] == \
