@@ -82,7 +82,7 @@ def path_json(path: TracePath, names: dict[str, str]) -> dict[str, Any]:
                    "by_component_ms": {c: ms(by_component.get(c, 0)) for c in COMPONENTS},
                    "by_service_component": [{"service": s, "component": c, "duration_ms": ms(v)}
                                             for (s, c), v in sorted(path.totals().items(), key=lambda i: -i[1])]},
-        "flags": [{"span_id": span_id, "flag": text} for span_id, text in path.flags()],
+        "flags": [{"span_id": span_id, "flag": text} for span_id, text in path.flagged],
     }
 
 

@@ -76,7 +76,7 @@ def _rows(path: TracePath) -> tuple[list[dict], dict]:
              "start_ns": path.start_ns, "duration_ns": path.duration_ns, "span_count": path.span_count,
              "roots": path.roots, "skew_uncertainty_ns": round(uncertainty * 1e6),
              "unshifted_domains": sum(d["shift_ms"] is None for d in domains),
-             "flags": [f"{span_id}: {text}" for span_id, text in path.flags()]}
+             "flags": [f"{span_id}: {text}" for span_id, text in path.flagged]}
     return sections, trace
 
 

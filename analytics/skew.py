@@ -309,13 +309,8 @@ def trace_pair_bounds(spans: Iterable[Span], domains: Mapping[str, str] | None =
     # most pairs are on one host: only the cross-domain ones are read further
     for i in cross:
         p = parent[i]
-        # _outlives_parent(spans[p], spans[i]), on the columns
-        if kinds[i] == "CONSUMER" or kinds[p] == "PRODUCER" or (links[i] is not None and is_follows_from(spans[i])):
-            continue
-        attributes = columns.attributes[p]
-        if "UT" in str(attributes.get("response_flags") or "") or str(attributes.get("canceled")) == "true":
-            continue
-        _fold(bounds, at[p], at[i], end[i] - end[p], start[i] - start[p])
+        if not _outlives_parent(spans[p], spans[i]):   # cross-domain pairs are few: the dicts are read for them only
+            _fold(bounds, at[p], at[i], end[i] - end[p], start[i] - start[p])
     return bounds
 
 

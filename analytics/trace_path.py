@@ -76,9 +76,6 @@ class TracePath:
             self._totals = dict(sums)
         return self._totals
 
-    def flags(self) -> list[tuple[str, str]]:
-        return self.flagged
-
 
 def path_records(spans: list[dict[str, Any]]) -> list[PathSpan]:
     return [PathSpan(s["span_id"], s.get("parent_span_id"), int(s["start_ns"]), int(s["end_ns"]),

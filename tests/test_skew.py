@@ -105,9 +105,9 @@ def test_critical_path_components_equal_the_truth_on_corrected_times() -> None:
         assert dict(components) == _truth_components(by_trace[trace_id]), trace_id
         root = next(h for h in by_trace[trace_id] if h.caller == "istio-ingressgateway")
         assert path.duration_ns == sum(components.values()) == root.total_us * US
-        assert not path.flags()
+        assert not path.flagged
         assert path.skew_report["reference_domain"] == "pod:istio-ingressgateway-7f9c"
-        clipped_raw += bool(trace_path(spans, classifier, None).flags())
+        clipped_raw += bool(trace_path(spans, classifier, None).flagged)
     assert clipped_raw == len(traces)
 
 
