@@ -5,8 +5,10 @@ Every pass: find the traces that received spans past the watermark (`spans.rowid
 deletes), remember when each was last touched, and recompute the hops (and the critical paths,
 critical_path_store.py) of every trace that has been quiet for the settle window — Envoy flushes its spans every
 5 s, so a trace is complete only after a quiet spell. A late span makes its trace dirty again and its hops are
-recomputed. The watermark persisted is the lowest rowid of any trace
-still waiting, so a restart re-discovers exactly the unsettled traces.
+recomputed. The watermark persisted is the highest rowid seen, and the traces seen but not yet recomputed are kept
+in `hopscope_follower_pending` (removed in the transaction that writes their hops), so a restart takes up exactly
+the unsettled traces — not every trace since the oldest of them, which a follower stopped while behind would
+recompute again and again.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from hopscope.analytics.schema import (
     HOP_COLUMN_NAMES,
     HOPS_ARROW_SCHEMA,
     HOPS_DDL,
+    PENDING_DDL,
     TRACE_ROWIDS_DDL,
     hop_row,
 )
@@ -43,6 +46,7 @@ _SELECT_TRACES = (f"SELECT {', '.join(SPAN_FIELDS)} FROM spans WHERE rowid BETWE
 _UPSERT_ROWIDS = """INSERT INTO trace_rowids SELECT * FROM fresh_rowids ON CONFLICT (trace_id) DO UPDATE
     SET first_rowid = least(first_rowid, excluded.first_rowid),
         last_rowid = greatest(last_rowid, excluded.last_rowid)"""
+_INSERT_PENDING = "INSERT INTO hopscope_follower_pending SELECT trace_id FROM fresh_rowids ON CONFLICT DO NOTHING"
 MAX_TRACES_PER_PASS = 2_000
 
 
@@ -58,12 +62,19 @@ class HopFollower:
         self._thread = threading.Thread(target=self._run, name="hop-follower", daemon=True)
         self._db.execute(HOPS_DDL)
         self._db.execute(FOLLOWER_DDL)
+        self._db.execute(PENDING_DDL)
         self._db.execute(TRACE_ROWIDS_DDL)
         rollup.create(self._db)
         critical_path_store.create(self._db)
         self.paths = critical_path_store.CriticalPathKeeper(classifier)  # critical paths, same settle window
-        row = self._db.execute("SELECT span_rowid FROM hopscope_hops_watermark").fetchone()
-        self._watermark = int(row[0]) if row else -1
+        # fetchall, not fetchone: DuckDB 2 refuses a later .sql() on a cursor whose last result was not read to its
+        # end, and after a restart this table has a row (every pass after the first restart failed on it)
+        rows = self._db.execute("SELECT span_rowid FROM hopscope_hops_watermark").fetchall()
+        self._watermark = int(rows[0][0]) if rows else -1
+        waiting = self._db.execute("SELECT trace_id, first_rowid, last_rowid FROM hopscope_follower_pending "
+                                   "JOIN trace_rowids USING (trace_id)").fetchall()
+        restarted = time.monotonic()   # they wait one settle window again: their spans may still be arriving
+        self._pending.update((trace_id, (restarted, low, high)) for trace_id, low, high in waiting)
         self.hops_written = 0
         self.traces_skipped = 0
 
@@ -102,9 +113,8 @@ class HopFollower:
             self._recompute(settled, first, max(self._pending[t][2] for t in settled))
             for trace_id in settled:
                 del self._pending[trace_id]
-        safe = min((low for _, low, _ in self._pending.values()), default=self._watermark + 1) - 1
         self._db.execute("DELETE FROM hopscope_hops_watermark")
-        self._db.execute("INSERT INTO hopscope_hops_watermark VALUES (?)", [safe])
+        self._db.execute("INSERT INTO hopscope_hops_watermark VALUES (?)", [self._watermark])
         return len(settled)
 
     def _remember_rowids(self, fresh: pa.Table) -> None:
@@ -112,6 +122,7 @@ class HopFollower:
         self._db.register("fresh_rowids", fresh)
         try:
             self._db.execute(_UPSERT_ROWIDS)
+            self._db.execute(_INSERT_PENDING)
         finally:
             self._db.unregister("fresh_rowids")
 
@@ -136,6 +147,8 @@ class HopFollower:
                 f"SELECT DISTINCT start_ns // {rollup.MINUTE_NS} * {rollup.MINUTE_NS} FROM hops "
                 "WHERE trace_id IN (SELECT unnest(?::VARCHAR[]))", [trace_ids]).fetchall())
             self._db.execute("DELETE FROM hops WHERE trace_id IN (SELECT unnest(?::VARCHAR[]))", [trace_ids])
+            self._db.execute("DELETE FROM hopscope_follower_pending WHERE trace_id IN (SELECT unnest(?::VARCHAR[]))",
+                             [trace_ids])
             self._db.register("fresh_hops", fresh_hops)
             self._db.execute("INSERT INTO hops SELECT * FROM fresh_hops")
             self._db.unregister("fresh_hops")

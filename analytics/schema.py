@@ -40,7 +40,11 @@ _ARROW = {"VARCHAR NOT NULL": pa.string(), "VARCHAR": pa.string(), "BIGINT": pa.
           "BOOLEAN": pa.bool_(), "VARCHAR[]": pa.list_(pa.string())}
 HOPS_ARROW_SCHEMA = pa.schema([pa.field(name, _ARROW[sql]) for name, sql, _ in HOP_COLUMNS])
 HOPS_DDL = ("CREATE TABLE IF NOT EXISTS hops (" + ", ".join(f"{name} {sql}" for name, sql, _ in HOP_COLUMNS) + ")")
+# The follower's place: every span up to this rowid has been seen (its trace recomputed, or waiting in the next table).
 FOLLOWER_DDL = "CREATE TABLE IF NOT EXISTS hopscope_hops_watermark (span_rowid BIGINT NOT NULL)"
+# Traces seen with new spans whose recomputation has not committed yet: a restart takes them up where they were
+# instead of re-reading (and recomputing) every trace since the oldest of them.
+PENDING_DDL = "CREATE TABLE IF NOT EXISTS hopscope_follower_pending (trace_id VARCHAR PRIMARY KEY)"
 # Where each trace's spans lie in `spans` (ingest only appends, so rowids grow): one trace is read by rowid range.
 TRACE_ROWIDS_DDL = ("CREATE TABLE IF NOT EXISTS trace_rowids (trace_id VARCHAR PRIMARY KEY, first_rowid BIGINT, "
                     "last_rowid BIGINT)")

@@ -26,7 +26,8 @@ def run_rebuild(arguments: argparse.Namespace) -> int:
         return 1
     try:
         cursor = store.cursor()
-        for table in ("hops", "trace_rowids", "hopscope_hops_watermark", *critical_path_store.TABLES):
+        for table in ("hops", "trace_rowids", "hopscope_hops_watermark", "hopscope_follower_pending",
+                      *critical_path_store.TABLES):
             cursor.execute(f"DROP TABLE IF EXISTS {table}")
         follower = HopFollower(store.cursor, classifier, settle_seconds=0.0)
         started = time.monotonic()
