@@ -77,13 +77,23 @@ class HopFollower:
         self._pending.update((trace_id, (restarted, low, high)) for trace_id, low, high in waiting)
         self.hops_written = 0
         self.traces_skipped = 0
+        self.pass_traces = 0   # traces the running pass is recomputing (0 between passes): /metrics, shutdown log
+        self.cut_short_at_stop = False   # the shutdown interrupted a pass (rolled back; the next start redoes it)
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    @property
+    def pending_traces(self) -> int:
+        """Traces seen with new spans and not yet recomputed (waiting for their settle window or a pass)."""
+        return len(self._pending)
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Ask the thread to stop after its current pass; True once it has (False: still mid-pass at `timeout`)."""
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _run(self) -> None:
         busy = False
@@ -92,8 +102,14 @@ class HopFollower:
                 # a full batch means more traces are settled and waiting: go again at once instead of idling
                 busy = self.step(time.monotonic()) >= MAX_TRACES_PER_PASS
             except Exception:  # never take the server down; the next pass retries from the watermark
+                if self._stop.is_set():  # interrupted by the shutdown (SpanStore.close_readers): rolled back
+                    self.cut_short_at_stop = True
+                    log.info("hop follower pass interrupted at shutdown; the next start redoes it")
+                    return
                 log.exception("hop follower pass failed")
                 busy = False
+            finally:
+                self.pass_traces = 0
 
     def step(self, now: float) -> int:
         """One pass; returns the number of traces whose hops were recomputed."""
@@ -107,6 +123,7 @@ class HopFollower:
             self._watermark = max(self._watermark, high)
         settled = [t for t, (touched, _, _) in self._pending.items() if now - touched >= self._settle]
         settled = settled[:MAX_TRACES_PER_PASS]
+        self.pass_traces = len(settled)
         if settled:
             # a trace that was settled before and got a late span is recomputed whole: from its first rowid
             first = min(self._first_rowid(settled), min(self._pending[t][1] for t in settled))
@@ -115,6 +132,7 @@ class HopFollower:
                 del self._pending[trace_id]
         self._db.execute("DELETE FROM hopscope_hops_watermark")
         self._db.execute("INSERT INTO hopscope_hops_watermark VALUES (?)", [self._watermark])
+        self.pass_traces = 0
         return len(settled)
 
     def _remember_rowids(self, fresh: pa.Table) -> None:

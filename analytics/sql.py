@@ -85,7 +85,13 @@ class SqlRunner:
 
     def _execute(self, sql: str, limit: int) -> SqlResult:
         cursor = self._cursor()
-        timer = threading.Timer(self.timeout_seconds, cursor.interrupt)
+        timed_out = threading.Event()
+
+        def time_limit() -> None:
+            timed_out.set()
+            cursor.interrupt()
+
+        timer = threading.Timer(self.timeout_seconds, time_limit)
         started = time.perf_counter()
         timer.start()
         try:
@@ -93,8 +99,12 @@ class SqlRunner:
             description = cursor.description or []
             rows = cursor.fetchmany(limit + 1)
         except duckdb.InterruptException:
+            if not timed_out.is_set():
+                raise  # interrupted by the shutdown (SpanStore.close_readers): a 503, not the user's fault
             raise SqlRefused(f"the query ran past its {self.timeout_seconds:g} s time limit and was stopped") \
                 from None
+        except duckdb.ConnectionException:
+            raise  # the store closed this cursor at shutdown: a 503 too
         except duckdb.Error as exc:
             raise SqlRefused(str(exc).splitlines()[0]) from None
         finally:

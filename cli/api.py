@@ -23,13 +23,19 @@ from hopscope.analytics.sql import SqlRunner
 from hopscope.analytics.traces_api import traces_router
 from hopscope.collector.health_api import health_router
 from hopscope.collector.metrics import IngestMetrics
+from hopscope.collector.store import StoreClosed
 
 PROBLEM = "application/problem+json"
 
 
-def problem(status: int, title: str, detail: str) -> JSONResponse:
+# What a request still running while serve stops meets: no new cursor, or its query interrupted or its cursor
+# closed under it (SpanStore.close_readers). A retryable 503, not a 500: nothing is wrong with the request.
+STOPPING = (StoreClosed, duckdb.InterruptException, duckdb.ConnectionException)
+
+
+def problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"type": "about:blank", "title": title, "status": status, "detail": detail},
-                        status_code=status, media_type=PROBLEM)
+                        status_code=status, media_type=PROBLEM, headers=headers)
 
 
 def build_api(is_ready: Callable[[], bool], metrics: IngestMetrics,
@@ -48,6 +54,12 @@ def build_api(is_ready: Callable[[], bool], metrics: IngestMetrics,
     @app.exception_handler(HTTPException)
     async def http_problem(_: Request, exc: HTTPException) -> JSONResponse:
         return problem(exc.status_code, "request failed", str(exc.detail))
+
+    for stopping in STOPPING:
+        @app.exception_handler(stopping)
+        async def stopping_problem(_: Request, exc: Exception) -> JSONResponse:
+            return problem(503, "hopscope is stopping", "the server is shutting down; retry against the restarted "
+                           "server", headers={"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
     async def validation_problem(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
@@ -128,21 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             print(f"hopscope demo: {exc}", file=sys.stderr)
             return 2
-        _exit_now(run_serve(settings, on_ready=demo_feeder(arguments)))
-    _exit_now(run_serve(settings))
-    return 0  # unreachable
-
-
-def _exit_now(code: int) -> None:
-    """Leave at once once serve has returned: every span is in DuckDB, the file is checkpointed and closed.
-
-    Interpreter shutdown would otherwise join the flattening pool's manager thread and multiprocessing's
-    resource tracker, which was seen to hang now and then (1 in 5 runs of the overload test) after a clean
-    drain; the workers die with us (PR_SET_PDEATHSIG)."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+        return run_serve(settings, on_ready=demo_feeder(arguments))
+    return run_serve(settings)
 
 
 if __name__ == "__main__":

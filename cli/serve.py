@@ -1,8 +1,11 @@
 """`hopscope serve`: the composition root that starts the collector and the API and stops them in order.
 
 Start-up fails fast (exit 1 for a database in use or a port taken, 2 for bad settings). Shutdown on SIGTERM or
-SIGINT, within 10 s: stop admitting Exports (new ones get a retryable UNAVAILABLE/503), let the in-flight ones reach
-the spool and be answered, close the receivers, drain the spool into DuckDB, checkpoint, exit 0.
+SIGINT, in an order where no step can race the next: stop admitting Exports (new ones get a retryable
+UNAVAILABLE/503), let the in-flight ones reach the spool and be answered, close the receivers, drain the spool into
+DuckDB, stop the hop follower (its pass may finish for FOLLOWER_GRACE_SECONDS), stop the API and close the store's
+readers (a query still running after their grace is interrupted; new requests get 503), then checkpoint and close
+DuckDB once no other thread can be inside it, and exit 0.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from hopscope.collector.store import IN_MEMORY, DatabaseInUse, SchemaTooNew, Spa
 
 log = logging.getLogger("hopscope")
 GRACE_SECONDS = 4.0
+FOLLOWER_GRACE_SECONDS = 1.0   # a pass recomputes at most MAX_TRACES_PER_PASS traces; past this it is interrupted
 SLOW_SHUTDOWN_SECONDS = 8.0
 
 
@@ -112,6 +116,7 @@ async def _serve(settings: Settings, store: SpanStore, on_ready: OnReady | None)
     api = _http_server(build_api(lambda: pipeline.ready, metrics, store.cursor, classifier, settings.sql_token,
                                  exposed))
     follower = HopFollower(store.cursor, classifier, settings.settle_seconds)
+    metrics.watch_follower(lambda: follower.pass_traces, lambda: follower.pending_traces)
     follower.start()
     await grpc_server.start()
     await set_serving(health, True)
@@ -141,10 +146,19 @@ async def _serve(settings: Settings, store: SpanStore, on_ready: OnReady | None)
     log.info("receivers closed after %.1f s; draining %d spans into DuckDB", time.monotonic() - started,
              pipeline.unstored_spans)
     await asyncio.to_thread(pipeline.close)
-    await asyncio.to_thread(follower.stop)
-    log.info("DuckDB drained and checkpointed after %.1f s", time.monotonic() - started)
+    log.info("every acknowledged span stored after %.1f s", time.monotonic() - started)
+    mid_pass = follower.pass_traces > 0
+    follower_done = await asyncio.to_thread(follower.stop, FOLLOWER_GRACE_SECONDS)
     api.should_exit = True
+    interrupted = await asyncio.to_thread(store.close_readers)  # the API's queries, and the follower if still busy
+    if not follower_done:
+        await asyncio.to_thread(follower.stop, FOLLOWER_GRACE_SECONDS)  # its interrupted pass has returned
     await api_task
+    follower_state = ("mid-pass, cut short" if follower.cut_short_at_stop else "mid-pass, finished it") \
+        if mid_pass else "idle"
+    log.info("hop follower stopped (%s); %d API/follower database call(s) interrupted; after %.1f s",
+             follower_state, interrupted, time.monotonic() - started)
+    await asyncio.to_thread(store.close)
     faulthandler.cancel_dump_traceback_later()
     print(f"hopscope: stopped cleanly in {time.monotonic() - started:.1f} s", flush=True)
     return 0

@@ -19,7 +19,8 @@ _ENDPOINT = re.compile(r"^\s+(otlp-grpc|otlp-http|api)\s+(\S+)")
 
 def _stop_with_parent() -> None:
     """In the child before exec: when whoever started serve dies, even by SIGKILL, serve gets SIGTERM and stops
-    cleanly instead of lingering on its ports (a killed test run or `hopscope mesh-lab`)."""
+    cleanly instead of lingering on its ports (a killed test run or `hopscope mesh-lab`). Linux sends it when the
+    *thread* that started serve ends, so start serve from a thread that outlives it (the main one)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 

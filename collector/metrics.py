@@ -41,3 +41,10 @@ class IngestMetrics:
 
     def watch_database_size(self, size: Callable[[], int]) -> None:
         self.database_bytes.set_function(size)
+
+    def watch_follower(self, pass_traces: Callable[[], int], pending_traces: Callable[[], int]) -> None:
+        """The analytics follower's progress, on the same page (serve wires it: the collector knows no analytics)."""
+        Gauge("hopscope_follower_pass_traces", "Settled traces the hop follower's running pass is recomputing "
+              "(0 between passes)", registry=self.registry).set_function(pass_traces)
+        Gauge("hopscope_follower_pending_traces", "Traces with new spans whose hops are not recomputed yet "
+              "(waiting for the settle window or a pass)", registry=self.registry).set_function(pending_traces)

@@ -8,15 +8,15 @@ One instance per serve process. Receivers call `export()`; the rest runs on thre
 * one applier thread keeps two cycles in flight — flattening cycle N+1 while inserting cycle N — and commits
   each cycle's rows together with the spool watermark.
 
-Shutdown (`close`) drains: the receivers have stopped, so the spool writer flushes what it holds, the applier
-stores everything up to the last acknowledged record, and DuckDB is checkpointed.
+Shutdown (`close`) drains: the receivers have stopped, so the spool writer flushes what it holds and the applier
+stores everything up to the last acknowledged record. Checkpointing is the store's, once its readers are closed
+(a CHECKPOINT fails while another cursor holds a write transaction).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import multiprocessing
 import os
@@ -50,6 +50,7 @@ from hopscope.collector.validation import ValidatedExport
 log = logging.getLogger("hopscope.collector")
 
 TASK_SPANS = 8_192  # records per worker task: small enough to spread one cycle over the workers
+PARENT_CHECK_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -72,16 +73,19 @@ class _Cycle:
 
 def _worker_init(parent_pid: int) -> None:
     """Tie the worker's life to the serve process, and turn off the cyclic GC for the flattening."""
-    import ctypes
     import gc
-    import os
-    import signal
 
-    # If serve is SIGKILLed, its workers must not linger holding its pipes and the spool: ask Linux to kill us too.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+    # If serve is SIGKILLed, its workers must not linger holding its pipes and the spool: a worker whose parent is
+    # gone exits within PARENT_CHECK_SECONDS. Not PR_SET_PDEATHSIG: Linux sends that when the *thread* that spawned
+    # the worker ends — the applier thread, at every shutdown — and a worker killed while it waits on the call
+    # queue dies holding the queue's lock, so the other workers and serve's exit, which joins them, wait for ever
+    # (a hang at 1 stop in 5, seen with faulthandler: the last worker blocked in call_queue.get()).
+    def exit_with_the_parent() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_CHECK_SECONDS)
         os._exit(1)
+
+    threading.Thread(target=exit_with_the_parent, name="exit-with-serve", daemon=True).start()
     gc.disable()  # the flattening makes millions of short-lived objects and no cycles; GC passes cost ~30 %
 
 
@@ -137,15 +141,14 @@ class IngestPipeline:
         self._accepting = False
 
     def close(self) -> None:
-        """Drain everything acknowledged into DuckDB, checkpoint, stop the workers."""
+        """Drain everything acknowledged into DuckDB and stop the workers."""
         self._accepting = False
         if self._spool is not None:
             self._spool.close()
         self._backlog.close()
         if self._applier.is_alive():
             self._applier.join()
-        self._pool.shutdown(wait=False, cancel_futures=True)  # idle now; PR_SET_PDEATHSIG ends them with us
-        self._store.checkpoint()
+        self._pool.shutdown(wait=False, cancel_futures=True)  # idle now: they exit at the sentinel
         if self._temporary_spool:
             shutil.rmtree(self._spool_dir, ignore_errors=True)
 
