@@ -1,7 +1,8 @@
 """A lab service: an HTTP app instrumented with `setup_tracing`, doing a known amount of work per request.
 
 Each request gets a SERVER span (W3C context taken from the headers, so it hangs under the sidecar's inbound
-span), then the app works `--work-ms` (a sleep: the injected app time), then calls each `--call` service, one
+span), then the app works `--work-ms` (a sleep: the injected app time, its real length recorded on the span as
+`lab.work_slept_ms`), then calls each `--call` service, one
 after the other or all at once (`--parallel`), each in a CLIENT span whose context it propagates. It dials the
 callee's pod address as a plain app would; the pod's iptables rules hand that connection to its sidecar.
 A downstream failure is answered with 502, and a request with `fail=1` in its query fails the leaves (503).
@@ -63,7 +64,10 @@ class LabApp:
                 f"GET {route}", context=propagate.extract(headers), kind=SpanKind.SERVER,
                 attributes={"http.request.method": "GET", "url.path": route, "url.scheme": "http",
                             "server.port": self.arguments.port, "http.route": route}) as span:
+            started = time.perf_counter()
             time.sleep(self.arguments.work_ms / 1000.0)
+            # what the work really took (a busy machine sleeps longer): the truth a test compares app time with
+            span.set_attribute("lab.work_slept_ms", (time.perf_counter() - started) * 1000.0)
             status, body = 200, {"service": self.arguments.service}
             if not self.arguments.call and "fail=1" in query.split("&"):
                 status, body["error"] = 503, "failure asked for"

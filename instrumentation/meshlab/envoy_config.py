@@ -108,17 +108,31 @@ def _original_destination(name: str, **extra: Any) -> dict[str, Any]:
     return {"name": name, "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED", "connect_timeout": "1s", **extra}
 
 
+def _http_protocol_options(**fields: Any) -> dict[str, Any]:
+    return {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions", **fields)}
+
+
+def _outbound_cluster_options(spec: LabSpec) -> dict[str, Any]:
+    """What Istio renders for a DestinationRule's `connectionPool.http.maxRequestsPerConnection`."""
+    if not spec.max_requests_per_connection:
+        return {}
+    return {"typed_extension_protocol_options": _http_protocol_options(
+        common_http_protocol_options={"max_requests_per_connection": spec.max_requests_per_connection},
+        explicit_http_config={"http_protocol_options": {}})}
+
+
 def sidecar_bootstrap(spec: LabSpec, pod: LabPod, otlp_host: str, otlp_port: int) -> dict[str, Any]:
     address = spec.pod_address(pod)
-    clusters = [_original_destination(outbound_cluster(spec.pod(name))) for name in pod.calls]
+    clusters = [_original_destination(outbound_cluster(spec.pod(name)), **_outbound_cluster_options(spec))
+                for name in pod.calls]
     clusters += [
         _original_destination("PassthroughCluster"),
         _original_destination(f"inbound|{APP_PORT}||",
                               upstream_bind_config={"source_address": {"address": "127.0.0.6", "port_value": 0}}),
         {"name": OTLP_CLUSTER, "type": "STATIC", "connect_timeout": "1s",
-         "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
-             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-             explicit_http_config={"http2_protocol_options": {}})},
+         "typed_extension_protocol_options": _http_protocol_options(
+             explicit_http_config={"http2_protocol_options": {}}),
          "load_assignment": {"cluster_name": OTLP_CLUSTER, "endpoints": [{"lb_endpoints": [{"endpoint": {
              "address": {"socket_address": {"address": otlp_host, "port_value": otlp_port}}}}]}]}},
     ]

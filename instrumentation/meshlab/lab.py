@@ -4,6 +4,7 @@
         ... start hopscope serve bound to HOST_ADDRESS ...
         lab.start(otlp_port=4317)                   # delayers, apps, Envoy sidecars; waits until all listen
         sent = lab.send(20)                         # requests into the entry pod, each with a known trace id
+        lab.set_phase("control")                    # every hold 0 ms (the same path): the run's own baseline
 
 Every process runs inside a lab namespace in a session of its own; leaving the block stops them (apps first so
 their batch processors flush, then the sidecars, then the delayers) and deletes the namespaces.
@@ -28,6 +29,7 @@ import yaml
 
 from hopscope.instrumentation.meshlab import network
 from hopscope.instrumentation.meshlab.envoy_config import ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, sidecar_bootstrap
+from hopscope.instrumentation.meshlab.netdelay import PHASES
 from hopscope.instrumentation.meshlab.network import (
     CROSS_NODE_QUEUE,
     INTERCEPT_QUEUE,
@@ -40,6 +42,11 @@ from hopscope.instrumentation.meshlab.network import (
 from hopscope.instrumentation.meshlab.spec import APP_PORT, HOST_ADDRESS, LabPod, LabSpec
 
 READY_TIMEOUT_S = 30.0
+
+
+def _last_phase(log: Path) -> str:
+    lines = [line for line in log.read_text().splitlines() if line.startswith("netdelay phase ")]
+    return lines[-1].split()[-1] if lines else PHASES[0]
 
 
 def find_envoy() -> str:
@@ -76,6 +83,7 @@ class SentRequest:
     trace_id: str
     status: int
     elapsed_ms: float
+    phase: str = PHASES[0]   # the delayers' phase while it ran: "injected" or "control"
 
 
 @dataclass
@@ -91,6 +99,7 @@ class MeshLab:
         self.workdir = workdir
         self.envoy = envoy or find_envoy()
         self.running: list[_Running] = []
+        self.phase = PHASES[0]
 
     def up(self) -> MeshLab:
         """Build the network; refuses, touching nothing, while another lab's namespaces exist."""
@@ -134,16 +143,19 @@ class MeshLab:
         """Start delayers, apps and sidecars; return once every one is up and listening."""
         spec = self.spec
         for node in spec.nodes:
-            self._spawn(f"netdelay-{node}", netns_of_node(node), self._python_module(
-                "netdelay", "--queue", f"{CROSS_NODE_QUEUE}={spec.cross_node_delay_ms}",
-                "--queue", f"{SAME_NODE_QUEUE}={spec.same_node_delay_ms}"))
+            self._start_delayer(node, netns_of_node(node), f"{CROSS_NODE_QUEUE}={spec.cross_node_delay_ms}",
+                                f"{SAME_NODE_QUEUE}={spec.same_node_delay_ms}")
         for pod in spec.pods:
             if pod.intercept_delay_ms > 0:
-                self._spawn(f"netdelay-{pod.service}", netns_of_pod(pod), self._python_module(
-                    "netdelay", "--queue", f"{INTERCEPT_QUEUE}={pod.intercept_delay_ms}"))
+                self._start_delayer(pod.service, netns_of_pod(pod), f"{INTERCEPT_QUEUE}={pod.intercept_delay_ms}")
             self._start_app(pod, f"{otlp_host}:{otlp_port}")
             self._start_sidecar(pod, otlp_host, otlp_port)
         self._wait_ready()
+
+    def _start_delayer(self, name: str, namespace: str, *queues: str) -> None:
+        record = self.workdir / f"netdelay-{name}.packets.jsonl"
+        self._spawn(f"netdelay-{name}", namespace, self._python_module(
+            "netdelay", *(argument for queue in queues for argument in ("--queue", queue)), "--record", str(record)))
 
     def _start_app(self, pod: LabPod, otlp: str) -> None:
         calls = [argument for callee in pod.calls
@@ -186,6 +198,24 @@ class MeshLab:
                         raise LabError(f"{running.name} did not bind its queues: {running.log.read_text()[-800:]}")
                     time.sleep(0.05)
 
+    def set_phase(self, phase: str) -> None:
+        """Switch every delayer to `phase` ("control": all holds 0 ms; "injected": the spec's holds) and return
+        once each has said it applies (netdelay.py prints `netdelay phase <name>`)."""
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, not {phase!r}")
+        if phase == self.phase:
+            return
+        delayers = [running for running in self.running if running.name.startswith("netdelay")]
+        for running in delayers:
+            running.process.send_signal(signal.SIGUSR1 if phase == "control" else signal.SIGUSR2)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        for running in delayers:
+            while _last_phase(running.log) != phase:
+                if time.monotonic() > deadline or running.process.poll() is not None:
+                    raise LabError(f"{running.name} did not switch to {phase}: {running.log.read_text()[-800:]}")
+                time.sleep(0.005)
+        self.phase = phase
+
     def stop(self) -> None:
         """Apps first (their batch processors flush on SIGTERM), then sidecars, then the delayers."""
         order = {"app": 0, "envoy": 1, "netdelay": 2}
@@ -219,9 +249,17 @@ class MeshLab:
                 status = 0
             finally:
                 connection.close()
-            sent.append(SentRequest(trace_id, status, (time.perf_counter() - started) * 1000))
+            sent.append(SentRequest(trace_id, status, (time.perf_counter() - started) * 1000, self.phase))
             time.sleep(pause_s)
         return sent
+
+    def held_packets(self) -> list[dict[str, Any]]:
+        """Every packet the delayers released (after stop()): netdelay.py's records, each tagged with the delayer."""
+        packets = []
+        for path in sorted(self.workdir.glob("netdelay-*.packets.jsonl")):
+            delayer = path.name.removeprefix("netdelay-").removesuffix(".packets.jsonl")
+            packets += [{"delayer": delayer, **json.loads(line)} for line in path.read_text().splitlines()]
+        return packets
 
     def access_log(self) -> list[dict[str, Any]]:
         """Every sidecar's access-log lines (JSON), each tagged with the sidecar's service."""

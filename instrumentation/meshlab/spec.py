@@ -37,12 +37,16 @@ class LabPod:
 @dataclass(frozen=True)
 class LabSpec:
     """The whole lab. `cross_node_delay_ms` holds each packet between pods on different nodes (each direction),
-    `same_node_delay_ms` each packet between pods of one node; `spawn_upstream_span` is Envoy's tracing setting."""
+    `same_node_delay_ms` each packet between pods of one node; `spawn_upstream_span` is Envoy's tracing setting;
+    `max_requests_per_connection` closes a sidecar's upstream connection after that many requests (Istio's
+    DestinationRule `connectionPool.http.maxRequestsPerConnection`; 0, Istio's default, never does), so that new
+    connections — a TCP handshake across the link — keep coming."""
 
     pods: tuple[LabPod, ...]
     cross_node_delay_ms: float = 10.0
     same_node_delay_ms: float = 5.0
     spawn_upstream_span: bool = False
+    max_requests_per_connection: int = 0
     entry: str = field(default="")   # the service that receives the requests from outside (default: the first pod)
 
     def __post_init__(self) -> None:
