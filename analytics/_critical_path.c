@@ -1,5 +1,5 @@
 /* One trace's critical path in C: the hot loops of trace_columns.py, classify.Classifier.roles, skew.trace_domains
- * and skew.trace_pair_bounds, trace_arrays.py (tree and walk), path_labels.IndexedLabeller (labels),
+ * and skew.trace_pair_bounds, critical_path.py (tree and walk), path_labels.PathLabeller (labels),
  * critical_path_api.sections_json (as JSON text) and TracePath.totals.
  *
  * Optional, like collector/_flatten.c: analytics/trace_accelerator.py loads it and falls back to the Python
@@ -320,23 +320,23 @@ done:
     return result;
 }
 
-/* ---- path(...) : indexed_tree + walk + IndexedLabeller.label_walk -------------------------------------------- */
+/* ---- path(...) : span_tree + critical_path + PathLabeller.label over the path ------------------------------- */
 
 typedef struct {
     Py_ssize_t n;
     int64_t *s, *e, *cs, *ce;      /* given (skew-corrected) and clipped times; index n: the virtual root */
     Py_ssize_t *par;               /* parent position or -1 */
     PyObject **ids;                /* borrowed, exact str */
-    Py_ssize_t *off, *kids;        /* synchronous children (CSR over n + 1), by (clipped start, span id) */
-    Py_ssize_t *best;              /* aligned with kids: the running leader ("last-finishing so far") */
+    Py_ssize_t *off, *kids;        /* synchronous children (CSR over n + 1); after clipping, latest end first */
+    Py_ssize_t *cursor;            /* per parent: its next child the walk may take (critical_path._Candidates) */
     Py_ssize_t *aoff, *akids;      /* every child (asynchronous too), by position: TraceHops.children */
-    unsigned char *reached, *failed, *bits, *moved;
+    unsigned char *reached, *failed, *bits;
     int64_t *window;               /* per span: retry window (2 values) when has_window */
     unsigned char *has_window;
     Py_ssize_t *wire_off; int64_t *wire;  /* per outbound span: its sorted wire intervals (pairs) */
 } Tree;
 
-static const int64_t *SORT_TIMES;  /* qsort context (the GIL is held throughout) */
+static const int64_t *SORT_TIMES, *SORT_STARTS;  /* qsort context (the GIL is held throughout) */
 static PyObject *const *SORT_IDS;
 
 static int by_time_then_id(const void *x, const void *y) {
@@ -349,6 +349,14 @@ static void sort_by(Py_ssize_t *v, Py_ssize_t count, const int64_t *times, PyObj
     SORT_TIMES = times;
     SORT_IDS = ids;
     if (count > 1) qsort(v, (size_t)count, sizeof(Py_ssize_t), by_time_then_id);
+}
+
+/* the walk's order of a parent's children: latest (clipped) end first, then earliest start, then smallest id */
+static int by_end_latest_first(const void *x, const void *y) {
+    Py_ssize_t a = *(const Py_ssize_t *)x, b = *(const Py_ssize_t *)y;
+    if (SORT_TIMES[a] != SORT_TIMES[b]) return SORT_TIMES[a] > SORT_TIMES[b] ? -1 : 1;
+    if (SORT_STARTS[a] != SORT_STARTS[b]) return SORT_STARTS[a] < SORT_STARTS[b] ? -1 : 1;
+    return PyUnicode_Compare(SORT_IDS[a], SORT_IDS[b]);
 }
 
 static int cmp_pairs(const void *x, const void *y) {
@@ -417,7 +425,7 @@ typedef struct {
     PyObject **cache;  /* per position: its service (owned) */
 } Services;
 
-/* IndexedLabeller.service_at: service_of on the span (on its parent for an agent's layer span); memoised on what
+/* path_labels.service_at: service_of on the span (on its parent for an agent's layer span); memoised on what
  * service_of reads when all of it is str or None (str() of equal keys of other types can differ). */
 static PyObject *service_at(Services *sv, Py_ssize_t span) {
     if (sv->cache[span]) return sv->cache[span];
@@ -455,7 +463,7 @@ static PyObject *service_at(Services *sv, Py_ssize_t span) {
     return value;
 }
 
-/* Labels on the path's sections, appended to out (IndexedLabeller.label_at). */
+/* Labels on the path's sections, appended to out (PathLabeller.label). */
 static int label(Tree *t, Services *sv, PyObject **component, PyTypeObject *segment_type, Py_ssize_t owner,
                  int64_t low, int64_t high, PyObject *out, Piece *buffer, Piece *spare) {
     PyObject *segment;
@@ -506,7 +514,7 @@ static int kids_with(Tree *t, Py_ssize_t span, int bits, Py_ssize_t *out) {
     return (int)m;
 }
 
-/* IndexedLabeller.__init__: components of clients and outbound spans, retry windows, failed attempts, wires. */
+/* PathLabeller.__init__: components of clients and outbound spans, retry windows, failed attempts, wires. */
 static int labeller(Tree *t, PyObject **component, Py_ssize_t *scratch, Py_ssize_t *stack) {
     Py_ssize_t n = t->n, nwire = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -597,10 +605,10 @@ static PyObject *path(PyObject *self, PyObject *args) {
     t.cs = PyMem_Calloc(m, sizeof(int64_t)); t.ce = PyMem_Calloc(m, sizeof(int64_t));
     t.par = PyMem_Calloc(m, sizeof(Py_ssize_t)); t.ids = PyMem_Calloc(m, sizeof(PyObject *));
     t.off = PyMem_Calloc(m + 1, sizeof(Py_ssize_t)); t.kids = PyMem_Calloc(m, sizeof(Py_ssize_t));
-    t.best = PyMem_Calloc(m, sizeof(Py_ssize_t));
+    t.cursor = PyMem_Calloc(m, sizeof(Py_ssize_t));
     t.aoff = PyMem_Calloc(m + 1, sizeof(Py_ssize_t)); t.akids = PyMem_Calloc(m, sizeof(Py_ssize_t));
     t.reached = PyMem_Calloc(m, 1); t.failed = PyMem_Calloc(m, 1); t.bits = PyMem_Calloc(m, 1);
-    t.moved = PyMem_Calloc(m, 1); t.has_window = PyMem_Calloc(m, 1);
+    t.has_window = PyMem_Calloc(m, 1);
     t.window = PyMem_Calloc(2 * m, sizeof(int64_t)); t.wire_off = PyMem_Calloc(m + 1, sizeof(Py_ssize_t));
     t.wire = PyMem_Malloc(2 * sizeof(int64_t));
     Py_ssize_t *order = PyMem_Calloc(m, sizeof(Py_ssize_t)), *roots = PyMem_Calloc(m, sizeof(Py_ssize_t));
@@ -614,8 +622,8 @@ static PyObject *path(PyObject *self, PyObject *args) {
     Piece *buffer = NULL, *spare = NULL;
     PyObject *flags = PyDict_New(), *segments = PyList_New(0), *memo = PyDict_New(), *result = NULL;
     Services sv = {&t, roles, services, canonicals, node_ids, apps, compute, memo, cache};
-    if (!t.s || !t.e || !t.cs || !t.ce || !t.par || !t.ids || !t.off || !t.kids || !t.best || !t.aoff || !t.akids ||
-        !t.reached || !t.failed || !t.bits || !t.moved || !t.has_window || !t.window || !t.wire_off || !t.wire ||
+    if (!t.s || !t.e || !t.cs || !t.ce || !t.par || !t.ids || !t.off || !t.kids || !t.cursor || !t.aoff ||
+        !t.akids || !t.reached || !t.failed || !t.bits || !t.has_window || !t.window || !t.wire_off || !t.wire ||
         !order || !roots || !stack || !scratch || !points || !linked || !consumer || !producer || !component ||
         !cache || !owners || !lows || !highs) {
         PyErr_NoMemory();
@@ -705,7 +713,7 @@ static PyObject *path(PyObject *self, PyObject *args) {
         }
     }
     if (nroots) {
-        /* top-down clipping (trace_arrays._clip_descendants), with an explicit stack */
+        /* top-down clipping (critical_path._clip_descendants), with an explicit stack */
         Py_ssize_t depth = 0;
         for (Py_ssize_t r = 0; r < nroots; r++) {
             t.reached[roots[r]] = 1;
@@ -718,10 +726,9 @@ static PyObject *path(PyObject *self, PyObject *args) {
                 Py_ssize_t kid = t.kids[k];
                 if (t.reached[kid]) continue;  /* a parent cycle in malformed data: visit once */
                 int64_t s = t.s[kid], e = t.e[kid], a = s, b = e;
-                if (!(low <= s && e <= high)) {
+                if (!(low <= s && s <= e && e <= high)) {  /* else: inside its parent, well-formed */
                     a = s < low ? low : s; a = a > high ? high : a;
                     b = e < low ? low : e; b = b > high ? high : b;
-                    if (a != s) t.moved[p] = 1;
                     PyObject *text = NULL;
                     if (b - a == 0 && 0 < e - s)
                         text = PyUnicode_FromString("outside its parent: clipped to a zero-length edge of the parent");
@@ -738,17 +745,15 @@ static PyObject *path(PyObject *self, PyObject *args) {
                 stack[depth++] = kid;
             }
         }
-        for (Py_ssize_t p = 0; p < n; p++)
-            if (t.moved[p]) sort_by(&t.kids[t.off[p]], t.off[p + 1] - t.off[p], t.cs, t.ids);
-        /* running leaders: latest clipped end so far, the earlier (start, id) on ties */
+        SORT_TIMES = t.ce;
+        SORT_STARTS = t.cs;
+        SORT_IDS = t.ids;
         for (Py_ssize_t p = 0; p <= n; p++) {
-            Py_ssize_t leader = -1;
-            for (Py_ssize_t k = t.off[p]; k < t.off[p + 1]; k++) {
-                if (leader < 0 || t.ce[t.kids[k]] > t.ce[leader]) leader = t.kids[k];
-                t.best[k] = leader;
-            }
+            Py_ssize_t count = t.off[p + 1] - t.off[p];
+            if (count > 1) qsort(&t.kids[t.off[p]], (size_t)count, sizeof(Py_ssize_t), by_end_latest_first);
+            t.cursor[p] = t.off[p];
         }
-        /* the walk (trace_arrays.walk) */
+        /* the walk (critical_path.critical_path): the last child to end at or before the point, not yet taken */
         depth = 0;
         stack[depth] = root;
         points[depth++] = t.ce[root];
@@ -756,13 +761,11 @@ static PyObject *path(PyObject *self, PyObject *args) {
             Py_ssize_t span = stack[depth - 1], child = -1;
             int64_t point = points[depth - 1];
             if (span == n || t.reached[span]) {
-                Py_ssize_t lo = t.off[span], hi = t.off[span + 1];
-                while (lo < hi) {  /* bisect_left over the children's clipped starts */
-                    Py_ssize_t mid = lo + (hi - lo) / 2;
-                    if (t.cs[t.kids[mid]] < point) lo = mid + 1;
-                    else hi = mid;
-                }
-                if (lo > t.off[span]) child = t.best[lo - 1];
+                /* the points at which the walk returns to a span only decrease: a child passed over stays so */
+                Py_ssize_t k = t.cursor[span], hi = t.off[span + 1];
+                while (k < hi && t.ce[t.kids[k]] > point) k++;
+                if (k < hi) child = t.kids[k++];
+                t.cursor[span] = k;
             }
             if (nsec + 2 > cap) goto unexpected;  /* cannot happen: each span is entered once */
             if (child < 0) {
@@ -774,7 +777,7 @@ static PyObject *path(PyObject *self, PyObject *args) {
                 if (depth) points[depth - 1] = low;  /* the parent resumes where this child started */
                 continue;
             }
-            int64_t child_end = t.ce[child] > point ? point : t.ce[child];
+            int64_t child_end = t.ce[child];
             if (point > child_end) {
                 owners[nsec] = span; lows[nsec] = child_end; highs[nsec++] = point;
             }
@@ -807,8 +810,8 @@ done:
         for (Py_ssize_t i = 0; i < n; i++) Py_XDECREF(cache[i]);
     Py_XDECREF(flags); Py_XDECREF(segments); Py_XDECREF(memo);
     PyMem_Free(t.s); PyMem_Free(t.e); PyMem_Free(t.cs); PyMem_Free(t.ce); PyMem_Free(t.par); PyMem_Free(t.ids);
-    PyMem_Free(t.off); PyMem_Free(t.kids); PyMem_Free(t.best); PyMem_Free(t.aoff); PyMem_Free(t.akids);
-    PyMem_Free(t.reached); PyMem_Free(t.failed); PyMem_Free(t.bits); PyMem_Free(t.moved);
+    PyMem_Free(t.off); PyMem_Free(t.kids); PyMem_Free(t.cursor); PyMem_Free(t.aoff); PyMem_Free(t.akids);
+    PyMem_Free(t.reached); PyMem_Free(t.failed); PyMem_Free(t.bits);
     PyMem_Free(t.has_window); PyMem_Free(t.window); PyMem_Free(t.wire_off); PyMem_Free(t.wire);
     PyMem_Free(order); PyMem_Free(roots); PyMem_Free(stack); PyMem_Free(scratch); PyMem_Free(points);
     PyMem_Free(linked); PyMem_Free(consumer); PyMem_Free(producer); PyMem_Free(component); PyMem_Free(cache);

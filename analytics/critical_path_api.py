@@ -26,7 +26,7 @@ from hopscope.analytics.path_labels import COMPONENTS, Segment
 from hopscope.analytics.skew import OffsetWindows, trace_domains, trace_pair_bounds
 from hopscope.analytics.trace_columns import TraceColumns, paused_gc
 from hopscope.analytics.trace_lookup import MAX_TRACE_SPANS, span_from_row, trace_spans
-from hopscope.analytics.trace_path import TracePath, path_fields, trace_path
+from hopscope.analytics.trace_path import TracePath, path_fields, trace_path, trace_path_reference
 from hopscope.analytics.what_if import projected_duration_ns
 
 QUANTILES = (50, 95, 99)
@@ -186,7 +186,7 @@ def _replay(db: duckdb.DuckDBPyConnection, chunks: list[list[str]], windows: Off
             with paused_gc():  # one trace at a time: acyclic objects only (trace_columns.py)
                 offsets = windows.at(min(int(s["start_ns"]) for s in spans))
                 offsets.add(trace_pair_bounds(spans))
-                path = trace_path(spans, classifier, offsets)
+                path = trace_path_reference(spans, classifier, offsets)  # the replay walks the reference's tree
                 actual.append(path.duration_ns)
                 projected.append(projected_duration_ns(*path.replay(), removed))
             replayed_spans += len(spans)

@@ -24,7 +24,6 @@ section inside a failed attempt (its network, the callee's sidecar and app) is `
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from itertools import repeat
 from typing import Any, NamedTuple, Protocol
@@ -32,7 +31,6 @@ from typing import Any, NamedTuple, Protocol
 from hopscope.analytics.classify import ROLES
 from hopscope.analytics.critical_path import SpanTree
 from hopscope.analytics.hops import CALLEE_SIDE, OUTBOUND, UPSTREAM, TraceHops, service_of
-from hopscope.analytics.trace_arrays import IndexedTree
 
 COMPONENTS = ("iptables", "proxy", "network", "app", "retry", "untraced")
 _OWN_TIME = {"app_server": "app", "app_internal": "app", "layer_app": "app", "proxy_inbound": "proxy",
@@ -60,7 +58,7 @@ class Segment(NamedTuple):  # a tuple, not a dataclass: a long path has one per 
 
 
 class Labels(Protocol):
-    """What the what-if replay asks of a labeller (PathLabeller, IndexedLabeller)."""
+    """What the what-if replay asks of a labeller (PathLabeller, or a test's own)."""
 
     def label(self, span_id: str | None, start_ns: int, end_ns: int) -> list[Segment]: ...
 
@@ -169,132 +167,9 @@ def own_components(roles: list[str]) -> list[str]:
 
 
 def service_at(spans: Sequence[dict[str, Any]], roles: list[str], parent: list[int], span: int) -> str:
-    """IndexedLabeller.service_at, unmemoised (the service of the C path's root)."""
+    """PathLabeller's service of the span at this position (the C path's root): an agent's `hopscope.layer` span
+    reports for its parent."""
     role, up = roles[span], parent[span]
     if role.startswith("layer_") and up >= 0:  # an agent's span reports on its parent's behalf
         return service_of(spans[up], roles[up])
     return service_of(spans[span], role)
-
-
-class IndexedLabeller:
-    """PathLabeller on positions (trace_arrays.py), for the pipeline: the same components and services, each
-    service worked out only for a span that is on the path. tests/test_trace_arrays.py checks it against
-    PathLabeller."""
-
-    def __init__(self, spans: Sequence[dict[str, Any]], roles: list[str], tree: IndexedTree,
-                 corrected_start: list[int]) -> None:
-        self._spans, self._roles, self._tree, self._corrected_start = spans, roles, tree, corrected_start
-        # every child, asynchronous too (TraceHops.children), in span order: one array sorted by parent, bisected
-        self._by_parent = sorted(range(len(tree.parent)), key=tree.parent.__getitem__)
-        self._parent_of_sorted = list(map(tree.parent.__getitem__, self._by_parent))
-        self._retry_window: dict[int, tuple[int, int]] = {}
-        self._in_failed_attempt: set[int] = set()
-        self._wire: dict[int, list[tuple[int, int]]] = {}
-        self._services: dict[int, str] = {}
-        self._positions: dict[str, int] | None = None
-        self.component = own_components(roles)
-        for i in [i for i, role in enumerate(roles) if role == "app_client" or role in OUTBOUND]:
-            if roles[i] == "app_client":
-                self.component[i] = self._client_component(i)
-            else:
-                self.component[i] = self._outbound_component(i)
-
-    def _children(self, span: int) -> list[int]:
-        keys = self._parent_of_sorted
-        return self._by_parent[bisect_left(keys, span):bisect_right(keys, span)]
-
-    def _kids_in(self, span: int, roles: tuple[str, ...]) -> list[int]:
-        """TraceHops.kids: the children with one of these roles, by (start, span id) on the corrected clock."""
-        kids = [k for k in self._children(span) if self._roles[k] in roles]
-        kids.sort(key=lambda k: (self._corrected_start[k], self._spans[k]["span_id"]))
-        return kids
-
-    def _client_component(self, span: int) -> str:
-        if not self._kids_in(span, OUTBOUND):
-            return "network"
-        return "proxy" if self._kids_in(span, ("layer_iptables",)) else "iptables"
-
-    def _outbound_component(self, span: int) -> str:
-        start, end = self._tree.start, self._tree.end  # clipped where on the tree, as PathLabeller._start reads
-        upstream = self._kids_in(span, UPSTREAM)
-        attempts = upstream or self._kids_in(span, CALLEE_SIDE)
-        if len(attempts) > 1:
-            self._retry_window[span] = (start[attempts[0]], start[attempts[-1]])
-            stack = attempts[:-1]
-            while stack:
-                current = stack.pop()
-                self._in_failed_attempt.add(current)
-                stack.extend(self._children(current))
-        if upstream:
-            return "proxy"
-        parent = self._tree.parent[span]
-        if parent >= 0:
-            wire = [(start[k], end[k]) for k in self._kids_in(parent, ("layer_network",))]
-            if wire:
-                self._wire[span] = sorted(wire)
-        return "network"
-
-    def service_at(self, span: int) -> str:
-        service = self._services.get(span)
-        if service is None:
-            role, parent = self._roles[span], self._tree.parent[span]
-            if role.startswith("layer_") and parent >= 0:  # an agent's span reports on its parent's behalf
-                service = service_of(self._spans[parent], self._roles[parent])
-            else:
-                service = service_of(self._spans[span], role)
-            self._services[span] = service
-        return service
-
-    def label_at(self, span: int, start_ns: int, end_ns: int, out: list[Segment]) -> None:
-        """PathLabeller.label for the span at this position (len(spans): between roots), appended to `out`."""
-        if span >= len(self._spans):
-            out.append(Segment(None, None, "untraced", start_ns, end_ns))
-            return
-        span_id, service = self._spans[span]["span_id"], self.service_at(span)
-        if span in self._in_failed_attempt:
-            out.append(Segment(span_id, service, "retry", start_ns, end_ns))
-            return
-        window, wire = self._retry_window.get(span), self._wire.get(span)
-        if window is None and wire is None:  # nearly every section
-            if end_ns > start_ns:
-                out.append(Segment(span_id, service, self.component[span], start_ns, end_ns))
-            return
-        pieces = [(start_ns, end_ns, self.component[span])]
-        if window is not None:
-            pieces = _split(pieces, [window], "retry")
-        if wire is not None:
-            pieces = [(a, b, "proxy" if c == "network" else c) for a, b, c in pieces]
-            pieces = _split(pieces, wire, "network", only="proxy")
-        out.extend(Segment(span_id, service, component, a, b) for a, b, component in pieces if b > a)
-
-    def label_walk(self, owners: list[int], lows: list[int], highs: list[int]) -> list[Segment]:
-        """label_at for every section of a walk (trace_arrays.walk: each has end > start). A section of a span
-        with nothing to split — nearly all — is one Segment, built in bulk."""
-        on_path = set(owners)
-        if len(self._spans) in on_path:  # between several roots: section by section
-            out: list[Segment] = []
-            for span, low, high in zip(owners, lows, highs, strict=True):
-                self.label_at(span, low, high, out)
-            return out
-        span_id = {span: self._spans[span]["span_id"] for span in on_path}
-        service = {span: self.service_at(span) for span in on_path}
-        bulk = list(map(Segment, map(span_id.__getitem__, owners), map(service.__getitem__, owners),
-                        map(self.component.__getitem__, owners), lows, highs))
-        special = on_path & (self._in_failed_attempt | self._retry_window.keys() | self._wire.keys())
-        if not special:
-            return bulk
-        out = []
-        for k, span in enumerate(owners):
-            if span in special:
-                self.label_at(span, lows[k], highs[k], out)
-            else:
-                out.append(bulk[k])
-        return out
-
-    def label(self, span_id: str | None, start_ns: int, end_ns: int) -> list[Segment]:
-        """PathLabeller.label by span id (the what-if replay asks by id)."""
-        if self._positions is None:
-            self._positions = {span["span_id"]: i for i, span in enumerate(self._spans)}
-        out: list[Segment] = []
-        self.label_at(len(self._spans) if span_id is None else self._positions[span_id], start_ns, end_ns, out)
-        return out

@@ -2,9 +2,9 @@
 
 Like collector/_flatten.c: built by `pip install` where a compiler is present (pyproject.toml, optional = true),
 else absent, and then everything runs on the Python code it mirrors, which stays the reference — TraceColumns.of,
-Classifier.roles, trace_domains, trace_pair_bounds, indexed_tree + walk + IndexedLabeller.label_walk (one call),
-sections_json (written as JSON text) and TracePath.totals. Each C function answers None for input it does not
-expect and the caller then runs the reference, so odd traces behave exactly as before.
+Classifier.roles, trace_domains, trace_pair_bounds, span_tree + critical_path + PathLabeller (one call, against
+trace_path_reference), sections_json (written as JSON text) and TracePath.totals. Each C function answers None for
+input it does not expect and the caller then runs the reference, so odd traces behave exactly as before.
 tests/test_trace_accelerator.py runs both on the same traces and requires identical results; it switches the
 accelerator off by setting NATIVE to None, which every caller reads at call time.
 """

@@ -2,12 +2,13 @@
 section with its component and service (path_labels.py). The follower stores the result (critical_path_store.py);
 the API recomputes it for `?skew=raw`.
 
-`trace_path` runs on columns (trace_arrays.py, path_labels.IndexedLabeller): the skew shift is added once per span
-into a list of ints instead of copying every span dict, roles come from the memoised classifier, and the tree and the
-walk use positions. `trace_path_reference` is the same pipeline on the readable reference transforms (one dict per
-span); tests/test_trace_arrays.py checks that both give the same path, flags and skew report. A trace with
-duplicate or empty span ids takes the reference path: TraceHops and the skew estimate each pick a duplicate their
-own way, and only the reference reproduces that.
+Two implementations, one answer. `trace_path_reference` is the readable pipeline (one dict per span, the transforms
+as the docs state them). Where the C accelerator is built (trace_accelerator.py), `trace_path` reads the spans once
+into columns (trace_columns.py), works out roles, clock domains and shifts on them, and hands tree, walk and labels
+to one C call; a trace the C code does not expect (duplicate or empty span ids, odd types) and every machine
+without a compiler take the reference. tests/test_trace_accelerator.py requires both to give the same path, flags,
+skew report and what-if replays. (A third, Python-on-columns form of the tree, walk and labels was dropped: two
+copies of a rule drift less than three — docs/critical-path.md gives the reference's figures.)
 """
 
 from __future__ import annotations
@@ -23,15 +24,7 @@ from hopscope.analytics import trace_accelerator
 from hopscope.analytics.classify import Classifier
 from hopscope.analytics.critical_path import PathSpan, SpanTree, critical_path, span_tree
 from hopscope.analytics.hops import TraceHops, service_of
-from hopscope.analytics.path_labels import (
-    ROLE_BITS,
-    IndexedLabeller,
-    Labels,
-    PathLabeller,
-    Segment,
-    own_components,
-    service_at,
-)
+from hopscope.analytics.path_labels import ROLE_BITS, Labels, PathLabeller, Segment, own_components, service_at
 from hopscope.analytics.skew import (
     DOMAIN_ATTRIBUTE_KEYS,
     DOMAIN_RESOURCE_KEYS,
@@ -41,7 +34,6 @@ from hopscope.analytics.skew import (
     is_follows_from,
     trace_domains,
 )
-from hopscope.analytics.trace_arrays import IndexedTree, indexed_tree, walk
 from hopscope.analytics.trace_columns import TraceColumns
 
 
@@ -86,44 +78,8 @@ def trace_path(spans: list[dict[str, Any]], classifier: Classifier, offsets: Clo
                domains: dict[str, str] | None = None, columns: TraceColumns | None = None) -> TracePath:
     """`offsets=None` walks the raw times; `domains` (skew.trace_domains of these spans) and `columns`
     (TraceColumns.of(spans)) save working them out again when the caller already has them."""
-    try:
-        columns = TraceColumns.of(spans, *path_fields(classifier)) if columns is None else columns
-    except (TypeError, KeyError):
-        return trace_path_reference(spans, classifier, offsets)
-    ids, parent_ids, start, end = columns.ids, columns.parent_ids, columns.start, columns.end
-    if not spans or len(columns.position) != len(ids) or not all(ids):
-        return trace_path_reference(spans, classifier, offsets)
-    kinds = [str(kind or "INTERNAL") for kind in columns.kinds]
-    follows_from = [False] * len(spans)  # bool(links) and is_follows_from(span)
-    for i in compress(range(len(spans)), columns.links):
-        follows_from[i] = is_follows_from(spans[i])
-    if trace_accelerator.NATIVE is not None:  # the C passes read these; the Python ones read their own
-        read_fields(columns, classifier)
-    roles = classifier.roles(spans, columns.attributes, columns.resources, columns)
-    if offsets is not None:
-        domains = trace_domains(spans, columns) if domains is None else domains
-        moves, report = clock_shifts(spans, offsets, domains, columns)
-        if any(moves.values()):
-            shift = list(map(moves.get, map(domains.__getitem__, ids), repeat(0)))
-            start = list(map(add, start, shift))
-            end = list(map(add, end, shift))
-    else:
-        report = clock_shifts(spans, None)[1]
-    native = _native_path(spans, columns, roles, start, end, kinds, follows_from, report)
-    if native is not None:
-        return native
-    tree = indexed_tree(ids, parent_ids, columns.parent, start, end, kinds, follows_from)
-    labeller = IndexedLabeller(spans, roles, tree, start)
-    segments = labeller.label_walk(*walk(tree))
-    first = tree.children[tree.root][0] if tree.root == len(spans) else tree.root  # the (first) root, or -1
-    top = (tree.start[tree.root], tree.end[tree.root]) if tree.root >= 0 else (0, 0)
-    return TracePath(
-        trace_id=spans[0]["trace_id"], segments=segments, skew_report=report,
-        root_service=labeller.service_at(first) if first >= 0 else None,
-        root_operation=spans[first]["name"] if first >= 0 else None, start_ns=top[0], end_ns=top[1],
-        span_count=len(spans), roots=len(tree.roots) if tree.root == len(spans) else 1,
-        flagged=[(ids[i], text) for i in sorted(tree.flags, key=ids.__getitem__) for text in tree.flags[i]],
-        replay=lambda: (_span_tree(tree, kinds, follows_from), labeller))
+    native = _native_path(spans, classifier, offsets, domains, columns) if trace_accelerator.NATIVE else None
+    return native if native is not None else trace_path_reference(spans, classifier, offsets)
 
 
 _SERVICE_ATTRIBUTES = ("istio.canonical_service", "node_id")  # what hops.service_of reads, with resource "app"
@@ -143,15 +99,35 @@ def read_fields(columns: TraceColumns, classifier: Classifier) -> None:
     columns.fields("resources", resource_keys)
 
 
-def _native_path(spans: list[dict[str, Any]], columns: TraceColumns, roles: list[str], start: list[int],
-                 end: list[int], kinds: list[str], follows_from: list[bool],
-                 report: dict[str, Any]) -> TracePath | None:
-    """indexed_tree + walk + IndexedLabeller.label_walk in C (trace_accelerator.py); None when it is not built or
-    the input is not what it expects. The what-if replay, rarely asked for, rebuilds the tree in Python."""
+def _native_path(spans: list[dict[str, Any]], classifier: Classifier, offsets: ClockOffsets | None,
+                 domains: dict[str, str] | None, columns: TraceColumns | None) -> TracePath | None:
+    """Roles, domains and shifts on columns, then tree + walk + labels in one C call; None when the trace is not
+    what the C code expects (the caller runs the reference). The what-if replay, rarely asked for, takes the
+    reference's tree and labeller."""
     native = trace_accelerator.NATIVE
-    if native is None:
+    try:
+        columns = TraceColumns.of(spans, *path_fields(classifier)) if columns is None else columns
+    except (TypeError, KeyError):
         return None
     ids, parent = columns.ids, columns.parent
+    if native is None or not spans or len(columns.position) != len(ids) or not all(ids):
+        return None
+    start, end = columns.start, columns.end
+    kinds = [str(kind or "INTERNAL") for kind in columns.kinds]
+    follows_from = [False] * len(spans)  # bool(links) and is_follows_from(span)
+    for i in compress(range(len(spans)), columns.links):
+        follows_from[i] = is_follows_from(spans[i])
+    read_fields(columns, classifier)
+    roles = classifier.roles(spans, columns.attributes, columns.resources, columns)
+    if offsets is not None:
+        domains = trace_domains(spans, columns) if domains is None else domains
+        moves, report = clock_shifts(spans, offsets, domains, columns)
+        if any(moves.values()):
+            shift = list(map(moves.get, map(domains.__getitem__, ids), repeat(0)))
+            start = list(map(add, start, shift))
+            end = list(map(add, end, shift))
+    else:
+        report = clock_shifts(spans, None)[1]
     found = native.path(ids, columns.parent_ids, parent, start, end, kinds, follows_from, roles,
                         list(map(ROLE_BITS.get, roles, repeat(0))), own_components(roles), columns.services,
                         *columns.fields("attributes", _SERVICE_ATTRIBUTES), *columns.fields("resources", ("app",)),
@@ -159,31 +135,13 @@ def _native_path(spans: list[dict[str, Any]], columns: TraceColumns, roles: list
     if found is None:
         return None
     segments, flags, root, roots, first, top_start, top_end = found
-
-    def replay() -> tuple[SpanTree, Labels]:
-        tree = indexed_tree(ids, columns.parent_ids, parent, start, end, kinds, follows_from)
-        return _span_tree(tree, kinds, follows_from), IndexedLabeller(spans, roles, tree, start)
-
     return TracePath(
         trace_id=spans[0]["trace_id"], segments=segments, skew_report=report,
         root_service=service_at(spans, roles, parent, first) if first >= 0 else None,
         root_operation=spans[first]["name"] if first >= 0 else None, start_ns=top_start, end_ns=top_end,
         span_count=len(spans), roots=roots if root == len(spans) else 1,
-        flagged=[(ids[i], text) for i in sorted(flags, key=ids.__getitem__) for text in flags[i]], replay=replay)
-
-
-def _span_tree(tree: IndexedTree, kinds: list[str], follows_from: list[bool]) -> SpanTree:
-    """The dict form the what-if replay reads (critical_path.SpanTree), from the columns."""
-    ids, n = tree.ids, len(tree.ids)
-    name: list[str | None] = [*ids, None]
-    records = {ids[i]: PathSpan(ids[i], ids[p] if p >= 0 else None, tree.start[i], tree.end[i], kinds[i],
-                                follows_from[i]) for i, p in enumerate(tree.parent)}
-    reached = [i for i in range(len(tree.start)) if i == n or tree.reached[i]]
-    return SpanTree(records, {name[i]: tree.start[i] for i in reached}, {name[i]: tree.end[i] for i in reached},
-                    {name[p]: [ids[k] for k in kids] for p, kids in tree.children.items()},
-                    None if tree.root in (-1, n) else ids[tree.root],
-                    {ids[i] for i in range(n) if not tree.reached[i]},
-                    {ids[i]: list(texts) for i, texts in tree.flags.items()})
+        flagged=[(ids[i], text) for i in sorted(flags, key=ids.__getitem__) for text in flags[i]],
+        replay=lambda: trace_path_reference(spans, classifier, offsets).replay())
 
 
 def trace_path_reference(spans: list[dict[str, Any]], classifier: Classifier,

@@ -6,12 +6,15 @@ The replay walks each span's timeline forward through its children's starts and 
 projected duration is known when its parent is replayed). Between events:
 
 * no child running: the span's own time, less the part of it labelled with the removed component;
-* a child starts while another runs: the recorded gap is kept (what triggered the start is unknown; the span was
-  working alongside);
+* a child starts while another runs: the span's own time since the previous event, less its removed part — the span
+  was working (launching the next call) alongside the running child, and that work is what delayed the start;
 * a child ends: the span's clock moves to at least the child's projected end (it was waiting on it).
 
 With nothing removed every instant replays to itself, so the projection equals the recorded latency; on a purely
-sequential trace it equals the latency less the component's time on the path.
+sequential trace it equals the latency less the component's time on the path. The replay and the walk agree on what
+the trace waited for: cutting ε out of the own time of a span that has critical-path time shortens the projection by
+ε (while ε is below the slack), cutting it out of a span without any does not (tests/test_critical_path.py checks
+it on thousands of random traces).
 """
 
 from __future__ import annotations
@@ -57,10 +60,8 @@ def _replay(tree: SpanTree, labeller: Labels, span_id: str | None, projected: di
     started: dict[str, int] = {}
     for instant, _, kid, ends in events:
         gap = instant - previous
-        if running == 0:
-            clock += gap - _own_removed(labeller, span_id, previous, instant, removed) if gap else 0
-        elif not ends:
-            clock += gap
+        if gap and (running == 0 or not ends):
+            clock += gap - _own_removed(labeller, span_id, previous, instant, removed)
         if kid is None:
             pass
         elif not ends:

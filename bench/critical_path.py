@@ -4,8 +4,8 @@
     .venv/bin/python bench/critical_path.py --traces 20000      # a quicker look
 
 1. One trace of 10,000 and one of 100,000 spans: simulated Bookinfo requests (Envoy sidecars with upstream spans,
-   apps, node-b's clock 1.5 ms ahead) hung under one root span, so every span is a real mesh span. Timed: the walk
-   alone (trace_arrays.py, and the reference critical_path.py) and everything `/traces/{id}/critical-path` does
+   apps, node-b's clock 1.5 ms ahead) hung under one root span, so every span is a real mesh span. Timed: the
+   reference walk alone (critical_path.py on PathSpan records) and everything `/traces/{id}/critical-path` does
    once the spans are read, minus HTTP (`trace_critical_path_json`: clock domains, skew estimate with the stored
    windows queried, correction, classification, walk, labels, the JSON body), against a baseline measured in the
    same run: one plain pass that sorts the spans by start time.
@@ -14,7 +14,7 @@
    to --traces traces; the summary query (`/api/v1/critical-path/summary`'s SQL, all three quantiles) is timed
    beside a plain scan of `critical_path`.
 Medians of --runs runs. The per-trace work runs on the C accelerator (analytics/_critical_path.c) when it is built;
---reference times the Python reference instead (the same computation, analytics/trace_accelerator.py).
+--reference times the Python reference instead (trace_path_reference: what a machine without a compiler runs).
 """
 
 from __future__ import annotations
@@ -35,8 +35,6 @@ from hopscope.analytics.classify import Classifier
 from hopscope.analytics.critical_path import critical_path
 from hopscope.analytics.critical_path_api import _NEAREST, _SUMMARY, QUANTILES, trace_critical_path_json
 from hopscope.analytics.follower import HopFollower
-from hopscope.analytics.trace_arrays import indexed_tree
-from hopscope.analytics.trace_arrays import walk as indexed_walk
 from hopscope.analytics.trace_lookup import span_from_row
 from hopscope.analytics.trace_path import path_records
 from hopscope.collector.columns import requests_to_record_batch
@@ -69,26 +67,19 @@ def _one_big_trace(spans: int) -> list[dict[str, Any]]:
     return [root, *rows]
 
 
-def bench_one_trace(size: int, runs: int) -> tuple[float, float, float, float]:
-    """Medians: the plain sort, the reference walk (critical_path.py on PathSpan records), the walk the pipeline
-    runs (trace_arrays.py on columns), and what `/traces/{id}/critical-path` does once the spans are read."""
+def bench_one_trace(size: int, runs: int) -> tuple[float, float, float]:
+    """Medians: the plain sort, the reference walk (critical_path.py on PathSpan records, tree included), and what
+    `/traces/{id}/critical-path` does once the spans are read."""
     spans = _one_big_trace(size)
     classifier = Classifier()
     db = duckdb.connect()
     skew.create(db)  # the stored windows are queried as the route does (empty here: the trace's own pairs decide)
     records = path_records(spans)
-    ids = [r.span_id for r in records]
-    position = {span_id: i for i, span_id in enumerate(ids)}
-    columns = (ids, [r.parent_id for r in records], [position.get(r.parent_id, -1) if r.parent_id else -1
-                                                     for r in records],
-               [r.start_ns for r in records], [r.end_ns for r in records], [r.kind for r in records],
-               [r.follows_from for r in records])
     baseline = median_ms(lambda: sorted(spans, key=lambda s: (s["start_ns"], s["span_id"])), runs)
     reference_walk = median_ms(lambda: critical_path(records), runs)
-    walk = median_ms(lambda: indexed_walk(indexed_tree(*columns)), runs)
     whole = median_ms(lambda: trace_critical_path_json(db, spans, classifier, "corrected"), runs)
     db.close()
-    return baseline, reference_walk, walk, whole
+    return baseline, reference_walk, whole
 
 
 def _replica(table: pa.Table, column: str, copy: int) -> pa.Table:
@@ -143,8 +134,8 @@ def main() -> None:
           "the C accelerator (analytics/_critical_path.c)")
     print("one trace:", flush=True)
     for size, target in ((10_000, 50), (100_000, 1000)):
-        baseline, reference_walk, walk, whole = bench_one_trace(size, args.runs)
-        print(f"  {size:>7,} spans: walk {walk:7.1f} ms (reference walk {reference_walk:7.1f} ms), "
+        baseline, reference_walk, whole = bench_one_trace(size, args.runs)
+        print(f"  {size:>7,} spans: reference walk {reference_walk:7.1f} ms, "
               f"/critical-path after the read {whole:7.1f} ms (target < {target} ms) = {whole / baseline:.1f}x "
               f"a plain sort of the spans ({baseline:.1f} ms)", flush=True)
     figures = bench_summary(args.traces, args.pool_requests, args.runs)

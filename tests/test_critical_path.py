@@ -7,9 +7,14 @@ import random
 
 import pytest
 
-from hopscope.analytics.critical_path import PathSpan, Section, critical_path, span_tree
-from hopscope.analytics.path_labels import PathLabeller
+from hopscope.analytics.classify import Classifier
+from hopscope.analytics.critical_path import PathSpan, Section, SpanTree, critical_path, span_tree
+from hopscope.analytics.path_labels import PathLabeller, Segment
+from hopscope.analytics.trace_path import path_records, trace_path
 from hopscope.analytics.what_if import projected_duration_ns
+from hopscope.instrumentation.meshsim import Options
+from tests.simulated import simulated_traces
+from tests.trace_shapes import replayed
 
 
 def span(span_id: str, parent: str | None, start: int, end: int, kind: str = "INTERNAL",
@@ -32,16 +37,22 @@ def test_back_to_back_sequential_children_both_count() -> None:
         ("a", 0, 10), ("b", 10, 50), ("c", 50, 90), ("a", 90, 100)]
 
 
-def test_overlapping_child_is_credited_until_the_next_one_starts() -> None:
-    assert path(span("a", None, 0, 100), span("b", "a", 10, 60), span("c", "a", 50, 90)) == [
-        ("a", 0, 10), ("b", 10, 50), ("c", 50, 90), ("a", 90, 100)]
+def test_a_child_still_running_when_the_walk_returns_is_not_on_the_path() -> None:
+    """The issue's counter-example: a waits for c, not for b (b ends first); shortening b would change nothing, so a's
+    own time up to c's start is on the path — Jaeger UI's answer too."""
+    assert path(span("a", None, 0, 100), span("b", "a", 10, 60), span("c", "a", 20, 90)) == [
+        ("a", 0, 20), ("c", 20, 90), ("a", 90, 100)]
 
 
-def test_overlap_walks_into_the_credited_child_only_up_to_the_point() -> None:
-    """b's own child d ends after c started: d is on the path up to c's start, not beyond."""
+def test_a_running_childs_own_children_are_not_on_the_path_either() -> None:
     assert path(span("a", None, 0, 100), span("b", "a", 10, 60), span("d", "b", 20, 58),
-                span("c", "a", 50, 90)) == [
-        ("a", 0, 10), ("b", 10, 20), ("d", 20, 50), ("c", 50, 90), ("a", 90, 100)]
+                span("c", "a", 50, 90)) == [("a", 0, 50), ("c", 50, 90), ("a", 90, 100)]
+
+
+def test_an_earlier_child_that_ended_before_the_point_is_walked_into() -> None:
+    """b overlaps d (not on the path: still running when d starts) but ends before c starts: a waited for it."""
+    assert path(span("a", None, 0, 100), span("b", "a", 10, 40), span("d", "a", 30, 70), span("c", "a", 50, 90)) == [
+        ("a", 0, 10), ("b", 10, 40), ("a", 40, 50), ("c", 50, 90), ("a", 90, 100)]
 
 
 def test_child_starting_before_its_parent_is_clipped_and_flagged() -> None:
@@ -89,7 +100,11 @@ def test_orphans_of_a_partial_trace_become_roots() -> None:
 
 
 def test_two_roots_give_one_path_over_the_wall_clock() -> None:
-    assert path(span("r1", None, 0, 40), span("r2", None, 20, 100)) == [("r1", 0, 20), ("r2", 20, 100)]
+    """Sequential roots are both on it; a root still running when the last one starts is not (nothing says the
+    trace waited for it): that stretch has no span."""
+    assert path(span("r1", None, 0, 40), span("r2", None, 50, 100)) == [("r1", 0, 40), (None, 40, 50),
+                                                                        ("r2", 50, 100)]
+    assert path(span("r1", None, 0, 40), span("r2", None, 20, 100)) == [(None, 0, 20), ("r2", 20, 100)]
 
 
 @pytest.mark.parametrize(("b", "c", "expected"), [
@@ -171,6 +186,23 @@ def _well_formed(rng: random.Random, span_id: str, parent: str | None, start: in
         cursor += length + rng.randint(1, 10)
 
 
+def _parallel(rng: random.Random, size: int) -> list[PathSpan]:
+    """Children anywhere inside their parent, overlapping each other (fan-outs, deep trees); every start and end
+    distinct, so no child ends exactly when another starts and no two end together."""
+    while True:
+        spans = [span("r", None, 0, 10**9)]
+        for index in range(size):
+            parent = rng.choice(spans)
+            if parent.end_ns - parent.start_ns < 3:
+                continue
+            low, high = sorted(rng.randint(parent.start_ns + 1, parent.end_ns - 1) for _ in range(2))
+            if low < high:
+                spans.append(span(f"s{index}", parent.span_id, low, high))
+        instants = [t for s in spans for t in (s.start_ns, s.end_ns)]
+        if len(set(instants)) == len(instants):
+            return spans
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_equals_jaeger_ui_on_well_formed_traces(seed: int) -> None:
     rng = random.Random(seed)
@@ -178,6 +210,13 @@ def test_equals_jaeger_ui_on_well_formed_traces(seed: int) -> None:
     _well_formed(rng, "r", None, 0, rng.randint(100, 10_000), 5, spans)
     ours = [(s.span_id, s.start_ns, s.end_ns) for s in critical_path(spans)]
     assert ours == jaeger_ui_critical_path(spans)
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_equals_jaeger_ui_on_parallel_and_deep_traces(seed: int) -> None:
+    """Where neither back-to-back children nor overflow are involved, the only rules left are Jaeger UI's."""
+    spans = _parallel(random.Random(seed), random.Random(seed).choice([5, 30, 200]))
+    assert [(s.span_id, s.start_ns, s.end_ns) for s in critical_path(spans)] == jaeger_ui_critical_path(spans)
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -249,3 +288,127 @@ def test_what_if_replays_zero_length_children(zeroed: str | None, expected: int)
                       span("zb", "b", 20, 20)])
     labeller = _AllApp()
     assert projected_duration_ns(tree, labeller, lambda s: s.span_id == zeroed) == expected
+
+
+# ---- the definition, as a property: shortening what is on the path shortens the trace --------------------------
+
+class _Cut:
+    """Labels one span's own time in [at, at + width) `cut`, every other own time `kept`: what-if with that cut
+    replays the trace as if the span had done `width` ns less work there (its later children shifted with it)."""
+
+    def __init__(self, span_id: str, at: int, width: int) -> None:
+        self.span_id, self.at, self.width = span_id, at, width
+
+    def label(self, span_id: str | None, start_ns: int, end_ns: int) -> list[Segment]:
+        low, high = max(start_ns, self.at), min(end_ns, self.at + self.width)
+        if span_id != self.span_id or high <= low:
+            return [Segment(span_id, None, "kept", start_ns, end_ns)]
+        return [Segment(span_id, None, "kept", start_ns, low), Segment(span_id, None, "cut", low, high),
+                Segment(span_id, None, "kept", high, end_ns)]
+
+
+def _replayed_with_cut(tree: SpanTree, span_id: str, at: int, width: int) -> int:
+    return projected_duration_ns(tree, _Cut(span_id, at, width), lambda segment: segment.component == "cut")
+
+
+def _own_time(tree: SpanTree, span_id: str) -> list[tuple[int, int]]:
+    """The stretches of a span's interval when none of its synchronous children runs."""
+    stretches, cursor = [], tree.start[span_id]
+    for kid in tree.children.get(span_id, []):
+        if tree.start[kid] > cursor:
+            stretches.append((cursor, tree.start[kid]))
+        cursor = max(cursor, tree.end[kid])
+    if tree.end[span_id] > cursor:
+        stretches.append((cursor, tree.end[span_id]))
+    return stretches
+
+
+def _check_the_definition(spans: list[PathSpan], rng: random.Random, epsilon: int = 1, most: int = 25) -> int:
+    """For each of (at most `most`, drawn at random) spans: cut `epsilon` out of its time on the path, and the
+    replayed trace is `epsilon` shorter; a span with no time on the path, cut anywhere in its own time, leaves the
+    trace as long as it was. Returns the spans checked. (`epsilon` stays under the slack: every instant of these
+    traces is distinct.)"""
+    tree = span_tree(spans)
+    duration = tree.end[tree.root] - tree.start[tree.root]
+    assert _replayed_with_cut(tree, "", 0, 0) == duration
+    on_path: dict[str, list[Section]] = {}
+    for section in critical_path(tree):
+        if section.span_id is not None:
+            on_path.setdefault(section.span_id, []).append(section)
+    checked = 0
+    candidates = [span_id for span_id in tree.start if span_id is not None]
+    for span_id in rng.sample(candidates, min(most, len(candidates))):
+        if span_id in on_path:
+            section = rng.choice(on_path[span_id])
+            at = rng.randint(section.start_ns, section.end_ns - epsilon)
+            assert _replayed_with_cut(tree, span_id, at, epsilon) == duration - epsilon, (span_id, section, at)
+        else:
+            stretches = [(a, b) for a, b in _own_time(tree, span_id) if b - a >= epsilon]
+            if not stretches:
+                continue
+            low, high = rng.choice(stretches)
+            at = rng.randint(low, high - epsilon)
+            assert _replayed_with_cut(tree, span_id, at, epsilon) == duration, (span_id, at)
+        checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("seed", range(2_000))
+def test_shortening_a_span_on_the_path_shortens_the_trace_and_no_other(seed: int) -> None:
+    rng = random.Random(seed)
+    spans = _parallel(rng, rng.choice([3, 10, 40, 150]))
+    assert _check_the_definition(spans, rng) > 0
+
+
+def _untied(spans: list[PathSpan]) -> list[PathSpan]:
+    """The same synchronous tree with every instant distinct, so ε = 1 ns is below every slack: its clipped
+    intervals (zero-length spans dropped) ×1,000, and the events of one instant spread over the next nanoseconds in
+    an order that keeps the structure — ends before starts (back-to-back calls stay sequential), a child's end
+    before its parent's, a parent's start before its children's."""
+    tree = span_tree(spans)
+    depth: dict[str, int] = {}
+    kept = []
+    for span_id in sorted(tree.start, key=lambda s: (tree.start[s], s or "")):
+        if span_id is None or span_id in tree.off_path or tree.end[span_id] == tree.start[span_id]:
+            continue
+        parent = tree.spans[span_id].parent_id
+        if parent is not None and parent not in depth:   # below a dropped span, or an orphan: skip
+            if parent in tree.spans:
+                continue
+            parent = None
+        depth[span_id] = 0 if parent is None else depth[parent] + 1
+        kept.append((span_id, parent))
+    events = sorted([(tree.start[s], 1, depth[s], s) for s, _ in kept] + [(tree.end[s], 0, -depth[s], s)
+                                                                            for s, _ in kept])
+    moved: dict[tuple[str, int], int] = {}
+    previous, offset = None, 0
+    for instant, is_start, _, span_id in events:
+        offset = offset + 1 if instant == previous else 0
+        previous = instant
+        moved[(span_id, is_start)] = instant * 1000 + offset
+    return [span(s, parent, moved[(s, 1)], moved[(s, 0)]) for s, parent in kept]
+
+
+@pytest.mark.parametrize("topology", ["bookinfo", "shop"])
+def test_the_definition_holds_on_the_simulators_traces(topology: str) -> None:
+    """Real mesh shapes: sidecars, upstream attempts, parallel fan-outs, retries, clock skew (clipped)."""
+    rng = random.Random(9)
+    checked = sum(_check_the_definition(_untied(path_records(trace)), rng)
+                  for trace in simulated_traces(topology, Options(spawn_upstream_span=True), requests=100).values())
+    assert checked > 1_000
+
+
+@pytest.mark.parametrize("options", [Options(), Options(mesh="ambient"), Options(ebpf_spans=True)])
+def test_what_if_replays_shops_traces_with_zero_length_children(options: Options) -> None:
+    """On raw times shop's calls out of a skewed node fall entirely outside their callers and are clipped to
+    zero-length edges; with nothing removed the replay is the recorded latency, and removing a component never makes
+    a trace longer (this raised KeyError)."""
+    classifier = Classifier()
+    zero_length = 0
+    for spans in simulated_traces("shop", options, requests=40, seed=4).values():
+        path = trace_path(spans, classifier, None)
+        tree, _ = path.replay()
+        zero_length += sum(tree.start[k] == tree.end[k] for k in tree.start if k is not None)
+        assert projected_duration_ns(*path.replay(), lambda s: False) == path.duration_ns
+        assert 0 <= replayed(path, "app") <= path.duration_ns
+    assert zero_length

@@ -5,17 +5,27 @@ uncertainty, and the critical path's time per component must equal what really h
 from __future__ import annotations
 
 import copy
+import random
 from collections import defaultdict
 from typing import Any
 
 import pytest
 
 from hopscope.analytics.classify import Classifier
-from hopscope.analytics.skew import ClockOffsets, trace_domains, trace_pair_bounds
+from hopscope.analytics.skew import (
+    ClockOffsets,
+    _pair_bounds_of_dicts,
+    _trace_domains_of_dicts,
+    clock_shifts,
+    trace_domains,
+    trace_pair_bounds,
+)
+from hopscope.analytics.trace_columns import TraceColumns
 from hopscope.analytics.trace_path import trace_path
 from hopscope.collector.columns import requests_to_record_batch
 from hopscope.instrumentation.meshsim import MeshSimulator, Options, load_topology
 from hopscope.instrumentation.meshsim.encode import Encoder
+from tests.trace_shapes import random_span_dicts
 
 US = 1000
 
@@ -154,3 +164,34 @@ def test_a_drifting_clock_is_followed_window_by_window() -> None:
         assert bounds is not None and bounds.consistent, bounds
         true_delta = truth["node-b"] - truth["node-a"]
         assert abs(bounds.estimate_ns - true_delta) <= bounds.uncertainty_ns, (bounds, true_delta)
+
+
+# ---- the column forms of clock domains and pair bounds against the dict forms --------------------------------
+
+@pytest.mark.parametrize(("topology", "options"), [
+    ("bookinfo", Options(spawn_upstream_span=True)), ("shop", Options()), ("bookinfo", Options(mesh="linkerd")),
+    ("shop", Options(mesh="ambient-l4")),
+])
+def test_trace_domains_equal_the_dict_form(topology: str, options: Options) -> None:
+    traces, _, _ = _traces(topology, options, requests=30)
+    for spans in traces.values():
+        shuffled = [*spans, dict(spans[0], resource_attributes={})]  # a duplicate id without a node, last
+        assert trace_domains(spans) == _trace_domains_of_dicts(spans)
+        assert trace_domains(shuffled) == _trace_domains_of_dicts(shuffled)
+    spans = random_span_dicts(random.Random(1), 200)
+    assert trace_domains(spans) == _trace_domains_of_dicts(spans)
+
+
+@pytest.mark.parametrize(("topology", "options"), [
+    ("bookinfo", Options(spawn_upstream_span=True)), ("shop", Options()), ("bookinfo", Options(mesh="linkerd")),
+])
+def test_pair_bounds_and_shifts_on_columns_equal_the_dict_forms(topology: str, options: Options) -> None:
+    traces, _, _ = _traces(topology, options, requests=30)
+    samples = [*traces.values(), random_span_dicts(random.Random(2), 200)]
+    for spans in samples:
+        domains = _trace_domains_of_dicts(spans)
+        columns = TraceColumns.of(spans)
+        assert trace_pair_bounds(spans, domains, columns) == _pair_bounds_of_dicts(spans, domains)
+        offsets = ClockOffsets()
+        offsets.add(trace_pair_bounds(spans))
+        assert clock_shifts(spans, offsets, domains, columns) == clock_shifts(spans, offsets, domains)

@@ -23,7 +23,7 @@ from hopscope.analytics.trace_columns import TraceColumns
 from hopscope.analytics.trace_path import TracePath, trace_path
 from hopscope.instrumentation.meshsim import Options
 from tests.test_skew import _traces
-from tests.test_trace_arrays import WIDE_AND_DEEP, _random_records, _random_span_dicts, _replayed
+from tests.trace_shapes import WIDE_AND_DEEP, random_records, random_span_dicts, replayed
 
 pytestmark = pytest.mark.skipif(trace_accelerator.NATIVE is None, reason="the C accelerator is not built here")
 
@@ -75,7 +75,7 @@ def _columns(columns: TraceColumns, attribute_keys: tuple[str, ...] = (), resour
 
 
 def _path_fields(path: TracePath) -> tuple:
-    replays = tuple(_replayed(path, component) for component in ("iptables", "proxy", "network", "app", "retry"))
+    replays = tuple(replayed(path, component) for component in ("iptables", "proxy", "network", "app", "retry"))
     return (path.trace_id, path.segments, path.skew_report, path.root_service, path.root_operation, path.start_ns,
             path.end_ns, path.span_count, path.roots, path.flagged, path.totals(), replays)
 
@@ -114,15 +114,15 @@ def _span_dicts(records: list[PathSpan], node: Callable[[int], str] = lambda i: 
 @pytest.mark.parametrize("seed", range(60))
 def test_accelerator_equals_the_reference_on_random_traces(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
     """Orphans, several roots, asynchronous links, overflowing and zero-length children, parent cycles, ties,
-    sidecars, retries and explicit layers (tests/test_trace_arrays.py's generator)."""
+    sidecars, retries and explicit layers (tests/trace_shapes.py)."""
     rng = random.Random(seed)
-    _assert_same_everywhere(monkeypatch, _random_span_dicts(rng, rng.randint(1, 150)))
+    _assert_same_everywhere(monkeypatch, random_span_dicts(rng, rng.randint(1, 150)))
 
 
 @pytest.mark.parametrize("seed", range(20))
 def test_accelerator_equals_the_reference_on_random_trees(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
     rng = random.Random(seed)
-    records = _random_records(rng, rng.randint(0, 200))
+    records = random_records(rng, rng.randint(0, 200))
     _assert_same_everywhere(monkeypatch, _span_dicts(records, lambda i: f"n{i % 3}"))
 
 
@@ -183,10 +183,10 @@ def _hostile(base: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     ]
 
 
-@pytest.mark.parametrize("case", range(len(_hostile(_random_span_dicts(random.Random(0), 20)))))
+@pytest.mark.parametrize("case", range(len(_hostile(random_span_dicts(random.Random(0), 20)))))
 def test_hostile_input_gets_the_references_answer(monkeypatch: pytest.MonkeyPatch, case: int) -> None:
     """Odd input takes the Python path (or fails as it does), never a crash in C."""
-    spans = _hostile(_random_span_dicts(random.Random(9), 20))[case]
+    spans = _hostile(random_span_dicts(random.Random(9), 20))[case]
     classifier = Classifier()
     db = duckdb.connect()
     skew.create(db)
