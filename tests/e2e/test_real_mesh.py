@@ -277,6 +277,21 @@ def test_no_hop_shows_less_than_the_holds_and_work_it_really_got(lab_run: LabRun
             assert overhead >= -BELOW_MS, (component, overhead, observed)
 
 
+def test_every_layer_of_the_lab_costs_something_of_its_own(lab_run: LabRun) -> None:
+    """The comparison with the control cancels whatever both phases share — so a layer's own cost credited to its
+    neighbour (a sidecar's time read as network, say) would pass it. What the lab has, it must show: with nothing
+    injected, each hop's wire, redirect, callee sidecar and app (and, with upstream spans, caller sidecar) have a
+    median above zero — real processes on real sockets take time — and no component a median below zero."""
+    layers = ["network", "iptables", "proxy_inbound", "app_self"]
+    if lab_run.spec.spawn_upstream_span:
+        layers.append("proxy_outbound")
+    for caller, callee in _edges(lab_run.spec):
+        control = lab_run.hops_of(caller, callee, "control")
+        for layer in layers:
+            overheads = _overheads(control, layer)
+            assert statistics.median(overheads) > 0, (caller, callee, layer, sorted(overheads))
+
+
 def test_network_is_the_held_link_time_plus_the_same_runs_baseline(lab_run: LabRun) -> None:
     for caller, callee in _edges(lab_run.spec):
         injected = lab_run.hops_of(caller, callee, "injected")
