@@ -1,13 +1,17 @@
-/* One trace's critical path in C: the hot loops of trace_columns.py, classify.Classifier.roles, skew.trace_domains
- * and skew.trace_pair_bounds, critical_path.py (tree and walk), path_labels.PathLabeller (labels),
- * critical_path_api.sections_json (as JSON text) and TracePath.totals.
+/* The compiled forms of the analytics pipeline's steps (analytics/pipeline.py lists them, with the readable
+ * implementation each one mirrors): `columns` (trace.Trace.read), `memoised` (classify.Classifier.roles, and the
+ * memo of clock_domains.trace_domains), `node_domains` + `inherit_domains` (clock_domains.trace_domains),
+ * `cross_pairs` + `fold_pairs` (skew.pair_bounds), `path` (span_tree + critical_path + PathLabeller, in
+ * trace_path.py), and two output helpers: `sections_body` (critical_path_json.sections_json as JSON text) and
+ * `totals` (TracePath.totals).
  *
- * Optional, like collector/_flatten.c: analytics/trace_accelerator.py loads it and falls back to the Python
- * reference when it is not built. Every function returns None on input it does not expect (a span that is not a
- * dict, a time that is not an int or lies beyond +-2^62, a value whose hash fails, a list that changed length, ...)
- * and the caller then runs the Python reference, which raises or copes exactly as before. Only MemoryError and
- * what is not an Exception (KeyboardInterrupt, SystemExit raised in a Python callback) propagate. No function keeps
- * state between calls. tests/test_trace_accelerator.py checks that every function gives what the reference gives.
+ * Optional, like collector/_flatten.c, and loaded the same way: analytics/trace_accelerator.py imports it and calls
+ * configure() with the one Python table it needs (the labeller's role bits), and where it is not built every step
+ * runs its readable implementation. Every function returns None on input it does not expect (a span that is not a
+ * dict, a time that is not an int or lies beyond +-2^62, a value whose hash fails, a list that changed length, ...);
+ * the pipeline then runs the readable implementation and counts the hand-back. Only MemoryError and what is not an
+ * Exception (KeyboardInterrupt, SystemExit raised in a Python callback) propagate. No function keeps state between
+ * calls. tests/test_pipeline_steps.py checks that every function gives what the readable implementation gives.
  *
  * Nothing recurses: the clipping and the walk keep explicit stacks, so a 100,000-deep chain is fine.
  */
@@ -20,15 +24,11 @@
 
 #define TIME_LIMIT ((int64_t)1 << 62) /* |t| below this: every difference of two times fits in int64 */
 
-/* role bits (trace_accelerator.ROLE_BITS): what the labeller asks of a role */
-#define R_APP_CLIENT 1
-#define R_OUTBOUND 2
-#define R_UPSTREAM 4
-#define R_CALLEE 8
-#define R_LAYER_IPTABLES 16
-#define R_LAYER_NETWORK 32
-#define R_LAYER 64
-#define R_APP 128 /* service_of reads only the service name */
+/* What the labeller asks of a role, one bit each: set by configure() from path_labels.LABEL_QUESTIONS (the one
+ * place their meaning is written down); path() hands back until it has been called. */
+static long R_APP_CLIENT, R_OUTBOUND, R_UPSTREAM, R_CALLEE, R_LAYER_IPTABLES, R_LAYER_NETWORK, R_LAYER,
+    R_APP /* service_of reads only the service name */;
+static int configured;
 
 static PyObject *S_span_id, *S_parent_span_id, *S_start_ns, *S_end_ns, *S_kind, *S_service_name, *S_attributes,
     *S_resource_attributes, *S_links, *S_name, *S_empty,
@@ -588,7 +588,7 @@ static PyObject *path(PyObject *self, PyObject *args) {
                           &roles, &bits, &own, &services, &canonicals, &node_ids, &apps, &compute, &PyType_Type,
                           &segment_type))
         return NULL;
-    if (!PyList_CheckExact(ids)) return fallback();
+    if (!configured || !PyList_CheckExact(ids)) return fallback();
     Py_ssize_t n = PyList_GET_SIZE(ids);
     PyObject *lists[] = {parent_ids, parent, start, end, kinds, follows, roles, bits, own, services, canonicals,
                          node_ids, apps};
@@ -1250,7 +1250,30 @@ unexpected:
     return result;
 }
 
+/* configure(bits): bits maps each question the labeller asks of a role to its bit (path_labels.LABEL_QUESTIONS). */
+static PyObject *configure(PyObject *self, PyObject *args) {
+    PyObject *bits;
+    if (!PyArg_ParseTuple(args, "O!", &PyDict_Type, &bits)) return NULL;
+    struct { long *slot; const char *name; } questions[] = {
+        {&R_APP_CLIENT, "app_client"}, {&R_OUTBOUND, "outbound"}, {&R_UPSTREAM, "upstream"},
+        {&R_CALLEE, "callee_side"}, {&R_LAYER_IPTABLES, "layer_iptables"}, {&R_LAYER_NETWORK, "layer_network"},
+        {&R_LAYER, "layer"}, {&R_APP, "app"},
+    };
+    for (size_t k = 0; k < sizeof(questions) / sizeof(questions[0]); k++) {
+        PyObject *bit = PyDict_GetItemString(bits, questions[k].name);
+        long value = bit && PyLong_Check(bit) ? PyLong_AsLong(bit) : -1;
+        if (value <= 0 || value > 128) {
+            PyErr_Format(PyExc_ValueError, "configure(): no bit (1..128) for %s", questions[k].name);
+            return NULL;
+        }
+        *questions[k].slot = value;
+    }
+    configured = 1;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef METHODS[] = {
+    {"configure", configure, METH_VARARGS, "configure(bits): the bit of each question the labeller asks of a role"},
     {"fold_pairs", fold_pairs, METH_VARARGS, "trace_pair_bounds' fold over the cross-domain pairs, or None"},
     {"read_fields", read_fields, METH_VARARGS, "[m.get(key) for m in maps] for several keys in one pass, or None"},
     {"inherit_domains", inherit_domains, METH_VARARGS, "trace_domains' service-domain inheritance, or None"},

@@ -16,23 +16,15 @@ op is `eq`, `prefix` or `exists`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from hopscope.analytics import trace_accelerator
-from hopscope.analytics.trace_columns import TraceColumns, column
-
-ROLES = (
-    "app_server", "app_client", "app_internal",
-    "proxy_outbound", "proxy_inbound",                      # a proxy's listener span, by direction
-    "proxy_upstream_outbound", "proxy_upstream_inbound",    # one span per upstream attempt (spawn_upstream_span)
-    "gateway", "waypoint",
-    "layer_iptables", "layer_network", "layer_proxy", "layer_app",  # explicit hopscope.layer
-)
+from hopscope.analytics.roles import ROLES
+from hopscope.analytics.trace import EMPTY, Trace, column
 
 
 @dataclass(frozen=True)
@@ -40,16 +32,25 @@ class Rule:
     role: str
     conditions: tuple[tuple[str, str, Any], ...]
     why: str = ""
+    source: str = "built-in"  # or the user's rules file
 
     def matches(self, span: Mapping[str, Any]) -> bool:
         return all(_holds(span, field, op, value) for field, op, value in self.conditions)
 
 
+OPERATORS = ("eq", "prefix", "exists")
+
+
+def _map(span: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    found = span.get(name)
+    return found if isinstance(found, dict) else EMPTY  # trace.py's rule: a map that is not a dict reads as empty
+
+
 def _value(span: Mapping[str, Any], field: str) -> Any:
     if field.startswith("attribute."):
-        return (span.get("attributes") or {}).get(field[len("attribute."):])
+        return _map(span, "attributes").get(field[len("attribute."):])
     if field.startswith("resource."):
-        return (span.get("resource_attributes") or {}).get(field[len("resource."):])
+        return _map(span, "resource_attributes").get(field[len("resource."):])
     if field == "scope":
         return span.get("scope_name")
     return span.get(field)
@@ -103,7 +104,7 @@ MEMO_SIZE = 65_536  # distinct combinations of the fields the rules read; cleare
 class Classifier:
     """The rule table, memoised: a span's role depends only on the fields the rules read, and a trace's spans repeat
     a few dozen combinations of them (one per proxy and direction, one per app span kind), so each combination is
-    matched once. `role_by_rules` is the reference the memo is checked against (tests/test_classify.py)."""
+    matched once. `roles` is the pipeline's `roles` step (analytics/pipeline.py); `roles_compiled` its C form."""
 
     def __init__(self, rules: Sequence[Rule] = BUILT_IN_RULES) -> None:
         for rule in rules:
@@ -111,120 +112,89 @@ class Classifier:
                 raise ValueError(f"rule {rule.why or rule.conditions!r}: unknown role {rule.role!r}; one of {ROLES}")
         self.rules = tuple(rules)
         self._fields = tuple(dict.fromkeys(field for rule in self.rules for field, _, _ in rule.conditions))
-        self._key = _memo_key(self._fields)
-        # the same key for the C pass (trace_accelerator.py): (0 the span, 1 its attributes, 2 its resource, key)
-        self._spec = tuple((1, f[len("attribute."):]) if f.startswith("attribute.") else
-                           (2, f[len("resource."):]) if f.startswith("resource.") else
-                           (0, "scope_name" if f == "scope" else f) for f in self._fields)
         self._memo: dict[tuple, str] = {}
 
     def role_by_rules(self, span: Mapping[str, Any]) -> str:
+        """The first rule that matches; the table ends with a rule that always does."""
         for rule in self.rules:
             if rule.matches(span):
                 return rule.role
         return "app_internal"
 
-    def role(self, span: Mapping[str, Any]) -> str:
-        try:  # the key holds exactly what _value() would read for each field the rules name
-            key = self._key(span)
-            role = self._memo.get(key)
-        except (TypeError, AttributeError):  # an unhashable value (a list attribute), or maps that are not dicts
-            return self.role_by_rules(span)
-        if role is None:
-            role = self.role_by_rules(span)
-            if len(self._memo) >= MEMO_SIZE:
-                self._memo.clear()
-            self._memo[key] = role
-        return role
-
-
     def keys(self, source: str) -> tuple[str, ...]:
         """The attribute (source "attribute") or resource ("resource") keys the rules read."""
         return tuple(field[len(source) + 1:] for field in self._fields if field.startswith(source + "."))
 
-    def roles(self, spans: Sequence[dict[str, Any]], attributes: Sequence[dict[str, Any]],
-              resources: Sequence[dict[str, Any]], columns: TraceColumns | None = None) -> list[str]:
-        """`role` of each span of a trace, its memo keys read a column at a time (trace_columns.py: `attributes`
-        and `resources` are the spans' maps, {} when absent; `columns`, when the caller has them, the same spans'
-        TraceColumns, whose fields are read once per trace)."""
-        native = trace_accelerator.NATIVE
-        if native is not None and isinstance(spans, list):
-            sources: tuple[Any, ...] = (spans, attributes, resources)
-            spec = self._spec
-            if columns is not None:
-                read = dict(zip(self.keys("attribute"), columns.fields("attributes", self.keys("attribute")),
-                                strict=True))
-                at = dict(zip(self.keys("resource"), columns.fields("resources", self.keys("resource")), strict=True))
-                sources = tuple(read[key] if source == 1 else at[key] if source == 2 else columns.kinds
-                                if key == "kind" else columns.names if key == "name" else column(spans, key)
-                                for source, key in self._spec)
-                spec = tuple((k, None) for k in range(len(sources)))
-            found = native.memoised(self._memo, MEMO_SIZE, lambda i: self.role_by_rules(spans[i]), spec,
-                                    sources if sources else (spans,), None)
-            if found is not None:
-                return found  # type: ignore[no-any-return]
-        return self.roles_reference(spans, attributes, resources)
-
-    def roles_reference(self, spans: Sequence[dict[str, Any]], attributes: Sequence[dict[str, Any]],
-                        resources: Sequence[dict[str, Any]]) -> list[str]:
-        """`roles` in Python, the reference of the C pass."""
-        columns = []
+    def _columns(self, trace: Trace) -> list[list[Any]]:
+        """What `_value` reads for each field the rules name, a column per field."""
+        out = []
         for field in self._fields:
             if field.startswith("attribute."):
-                columns.append(column(attributes, field[len("attribute."):]))
+                out += trace.fields("attributes", (field[len("attribute."):],))
             elif field.startswith("resource."):
-                columns.append(column(resources, field[len("resource."):]))
+                out += trace.fields("resources", (field[len("resource."):],))
+            elif field == "kind":
+                out.append(trace.kinds)
+            elif field == "name":
+                out.append(trace.names)
             else:
-                columns.append(column(spans, "scope_name" if field == "scope" else field))
-        keys = list(zip(*columns, strict=True)) if columns else [()] * len(spans)
+                out.append(column(trace.spans, "scope_name" if field == "scope" else field))
+        return out
+
+    def roles(self, trace: Trace) -> list[str]:
+        """Each span's role, by position: one memo lookup per span, the rules run once per combination."""
+        columns = self._columns(trace)
+        keys = list(zip(*columns, strict=True)) if columns else [()] * len(trace)
         memo = self._memo
-        try:
-            found = list(map(memo.get, keys))
-        except TypeError:  # an unhashable value (a list attribute): span by span
-            return [self.role(span) for span in spans]
-        for i in [i for i, role in enumerate(found) if role is None]:
-            role = memo.get(keys[i])
+        found: list[str | None] = []
+        for i, key in enumerate(keys):
+            try:
+                role = memo.get(key)
+            except TypeError:  # an unhashable value (a list attribute): matched, not remembered
+                found.append(self.role_by_rules(trace.spans[i]))
+                continue
             if role is None:
-                role = self.role_by_rules(spans[i])
+                role = self.role_by_rules(trace.spans[i])
                 if len(memo) >= MEMO_SIZE:
                     memo.clear()
-                memo[keys[i]] = role
-            found[i] = role
+                memo[key] = role
+            found.append(role)
         return found  # type: ignore[return-value]
 
-
-def _memo_key(fields: Iterable[str]) -> Callable[[Mapping[str, Any]], tuple]:
-    """A function returning, as one flat tuple, what `_value` reads for each field. Written out as source once per
-    rule table (as collections.namedtuple does), because it runs once per span: one tuple and no loop per call
-    keep classification cheap and leave the garbage collector alone."""
-    reads = []
-    for field in fields:
-        if field.startswith("attribute."):
-            reads.append(f"attributes.get({field[len('attribute.'):]!r})")
-        elif field.startswith("resource."):
-            reads.append(f"resource.get({field[len('resource.'):]!r})")
-        else:
-            reads.append(f"span.get({'scope_name' if field == 'scope' else field!r})")
-    source = ("def key(span):\n"
-              "    attributes = span.get('attributes') or {}\n"
-              "    resource = span.get('resource_attributes') or {}\n"
-              f"    return ({''.join(read + ', ' for read in reads)})\n")
-    namespace: dict[str, Any] = {}
-    exec(source, namespace)  # noqa: S102 - the source holds only repr()s of the rules' field names
-    return namespace["key"]  # type: ignore[no-any-return]
+    def roles_compiled(self, native: Any, trace: Trace) -> list[str] | None:
+        """`roles` by the C accelerator's memo pass (trace_accelerator.py); None hands back to `roles`."""
+        spec = tuple((k, None) for k in range(len(self._fields)))  # key: each source's value at the position
+        sources = tuple(self._columns(trace)) or (trace.spans,)   # (no field at all: an empty key per span)
+        found = native.memoised(self._memo, MEMO_SIZE, lambda i: self.role_by_rules(trace.spans[i]), spec, sources,
+                                None)
+        return found  # type: ignore[no-any-return]
 
 
 def load_rules(path: Path) -> Classifier:
-    """User rules from YAML/JSON (`[{role, when: [[field, op, value], ...], why}]`), tried before the built-ins."""
+    """User rules from YAML/JSON (`[{role, when: [[field, op, value], ...], why}]`), tried before the built-ins.
+    Raises ValueError naming the file and the rule for anything else."""
     text = path.read_text()
-    document = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    try:
+        document = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+    if document is not None and not isinstance(document, list):
+        raise ValueError(f"{path}: expected a list of rules, each {{role, when: [[field, op, value], ...], why}}")
     rules = []
     for index, raw in enumerate(document or []):
-        if not isinstance(raw, dict) or "role" not in raw:
+        if not isinstance(raw, dict) or "role" not in raw or not isinstance(raw.get("when", []), list):
             raise ValueError(f"{path}: rule {index} needs a 'role' and a 'when' list")
-        conditions = tuple(tuple(condition) for condition in raw.get("when", []))
+        conditions = tuple(tuple(c) if isinstance(c, list) else () for c in raw.get("when", []))
         for condition in conditions:
-            if len(condition) != 3 or condition[1] not in ("eq", "prefix", "exists"):
+            if len(condition) != 3 or condition[1] not in OPERATORS or not isinstance(condition[0], str):
                 raise ValueError(f"{path}: rule {index}: a condition is [field, eq|prefix|exists, value]")
-        rules.append(Rule(raw["role"], conditions, raw.get("why", "")))  # type: ignore[arg-type]
-    return Classifier((*rules, *BUILT_IN_RULES))
+        rules.append(Rule(raw["role"], conditions, str(raw.get("why", "")), str(path)))  # type: ignore[arg-type]
+    try:
+        return Classifier((*rules, *BUILT_IN_RULES))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def classifier_of(rules_file: str) -> Classifier:
+    """The rules in force: the built-ins, behind the user's file when there is one (the `--rules` setting)."""
+    return load_rules(Path(rules_file)) if rules_file else Classifier()

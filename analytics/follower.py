@@ -22,24 +22,17 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from hopscope.analytics import critical_path_store, rollup
+from hopscope.analytics import rollup
 from hopscope.analytics.classify import Classifier
-from hopscope.analytics.hops import TraceHops
-from hopscope.analytics.schema import (
-    FOLLOWER_DDL,
-    HOP_COLUMN_NAMES,
-    HOPS_ARROW_SCHEMA,
-    HOPS_DDL,
-    PENDING_DDL,
-    TRACE_ROWIDS_DDL,
-    hop_row,
-)
-from hopscope.analytics.trace_lookup import span_from_row
+from hopscope.analytics.clock_offsets import store_bounds
+from hopscope.analytics.critical_path_store import CriticalPathKeeper
+from hopscope.analytics.pipeline import TraceWork
+from hopscope.analytics.schema import HOPS, create_derived, hop_row
+from hopscope.analytics.trace import paused_gc
+from hopscope.analytics.trace_lookup import SPAN_FIELDS, span_from_row
 
 log = logging.getLogger("hopscope.analytics")
 
-SPAN_FIELDS = ("trace_id", "span_id", "parent_span_id", "name", "kind", "start_ns", "end_ns", "status_code",
-                "service_name", "scope_name", "http_status_code", "attributes", "resource_attributes", "links")
 # rowid ranges let DuckDB skip every row group outside them: a pass reads the recent spans, not the whole table
 _SELECT_TRACES = (f"SELECT {', '.join(SPAN_FIELDS)} FROM spans WHERE rowid BETWEEN ? AND ? "
                   "AND trace_id IN (SELECT unnest(?::VARCHAR[]))")
@@ -60,13 +53,8 @@ class HopFollower:
         self._pending: dict[str, tuple[float, int, int]] = {}  # trace → (last touched, lowest, highest new rowid)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hop-follower", daemon=True)
-        self._db.execute(HOPS_DDL)
-        self._db.execute(FOLLOWER_DDL)
-        self._db.execute(PENDING_DDL)
-        self._db.execute(TRACE_ROWIDS_DDL)
-        rollup.create(self._db)
-        critical_path_store.create(self._db)
-        self.paths = critical_path_store.CriticalPathKeeper(classifier)  # critical paths, same settle window
+        create_derived(self._db)
+        self.paths = CriticalPathKeeper()  # critical paths, same settle window
         # fetchall, not fetchone: DuckDB 2 refuses a later .sql() on a cursor whose last result was not read to its
         # end, and after a restart this table has a row (every pass after the first restart failed on it)
         rows = self._db.execute("SELECT span_rowid FROM hopscope_hops_watermark").fetchall()
@@ -155,10 +143,12 @@ class HopFollower:
         for row in rows:
             span = span_from_row(SPAN_FIELDS, row)
             traces.setdefault(span["trace_id"], []).append(span)
-        hop_rows = self._hop_rows(traces)
-        fresh_hops = pa.Table.from_pylist([dict(zip(HOP_COLUMN_NAMES, row, strict=True)) for row in hop_rows],
-                                          schema=HOPS_ARROW_SCHEMA)
-        minutes = {hop[HOP_COLUMN_NAMES.index("start_ns")] // rollup.MINUTE_NS * rollup.MINUTE_NS for hop in hop_rows}
+        works = {trace_id: TraceWork(spans, self._classifier) for trace_id, spans in traces.items()}
+        hop_rows, bounds = self._analyse(works)
+        fresh_hops = pa.Table.from_pylist([dict(zip(HOPS.column_names, row, strict=True)) for row in hop_rows],
+                                          schema=HOPS.arrow_schema)
+        start = HOPS.column_names.index("start_ns")
+        minutes = {hop[start] // rollup.MINUTE_NS * rollup.MINUTE_NS for hop in hop_rows}
         self._db.execute("BEGIN TRANSACTION")
         try:
             minutes.update(row[0] for row in self._db.execute(  # the minutes of the hops being replaced, too
@@ -171,7 +161,9 @@ class HopFollower:
             self._db.execute("INSERT INTO hops SELECT * FROM fresh_hops")
             self._db.unregister("fresh_hops")
             rollup.refresh_minutes(self._db, sorted(minutes))
-            self.paths.update(self._db, traces, on_failure=lambda trace_id: self._skip(trace_id, "critical path"))
+            store_bounds(self._db, bounds)
+            self.paths.update(self._db, {t: works[t] for t in bounds},
+                              on_failure=lambda trace_id: self._skip(trace_id, "critical path"))
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -182,14 +174,24 @@ class HopFollower:
     # would fail and be retried forever): it is logged with its id, counted, and left without hops or path. Each
     # trace's Python work runs before the SQL that uses it: one failed statement would abort the transaction.
 
-    def _hop_rows(self, traces: dict[str, list[dict[str, Any]]]) -> list[tuple]:
-        rows: list[tuple] = []
-        for trace_id, spans in traces.items():
-            try:
-                rows += [hop_row(hop) for hop in TraceHops(spans, self._classifier).hops()]
-            except Exception:
-                self._skip(trace_id, "hops")
-        return rows
+    def _analyse(self, works: dict[str, TraceWork]) -> tuple[list[tuple[Any, ...]], dict[str, tuple[int, Any]]]:
+        """Each trace's hop rows, and its clock pairs by (start, bounds) — traces whose pairs failed are left out
+        of the critical paths too (their skew could not be estimated)."""
+        rows: list[tuple[Any, ...]] = []
+        bounds: dict[str, tuple[int, Any]] = {}
+        with paused_gc():  # acyclic objects only (trace.py)
+            for trace_id, work in works.items():
+                try:
+                    rows += [hop_row(hop) for hop in work.get("hops")]
+                except Exception:
+                    self._skip(trace_id, "hops")
+                try:
+                    pairs = work.get("pair_bounds")
+                    if len(work.trace):
+                        bounds[trace_id] = (min(work.trace.start), pairs)
+                except Exception:
+                    self._skip(trace_id, "clock pairs")
+        return rows, bounds
 
     def _skip(self, trace_id: str, what: str) -> None:
         self.traces_skipped += 1

@@ -10,22 +10,23 @@ negative and are listed in `anomalies`; nothing is clamped.
 The hop's caller-side anchor is the app CLIENT span, else the caller proxy's outbound listener span (an
 uninstrumented caller or a gateway). Attempts are the upstream spans under the outbound span when the proxy emits
 them (`spawn_upstream_span`, Linkerd), else the callee-side spans under it.
+
+The pipeline's `hops` step (analytics/pipeline.py): spans by position (trace.py), each with the role the `roles`
+step gave it, on the times given — the raw ones for the stored `hops` (a hop's start is on its own host's clock);
+the path labeller (path_labels.py) builds one on the skew-corrected times, whose children order it reads.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hopscope.analytics.classify import Classifier
+from hopscope.analytics.roles import CALLEE_SIDE, OUTBOUND, UPSTREAM
+from hopscope.analytics.trace import Trace
 
 Span = Mapping[str, Any]  # a `spans` row with `attributes` and `resource_attributes` parsed into dicts
-
-OUTBOUND = ("proxy_outbound", "gateway")
-UPSTREAM = ("proxy_upstream_outbound",)
-CALLEE_SIDE = ("proxy_inbound", "app_server", "waypoint")
 
 
 @dataclass
@@ -35,7 +36,7 @@ class HopBreakdown:
     callee: str
     anchor_span_id: str  # the hop's outermost caller-side span
     total_ns: int
-    start_ns: int = 0  # the anchor span's start (its own host's clock)
+    start_ns: int = 0  # the anchor span's start (on the times the hops were computed on)
     error: bool = False
     caller_node: str | None = None  # k8s.node.name / host.name of each side, when the spans carry them
     callee_node: str | None = None
@@ -56,43 +57,45 @@ class HopBreakdown:
         return sum(p for p in parts if p is not None)
 
 
-def _duration(span: Span) -> int:
-    return int(span["end_ns"]) - int(span["start_ns"])
-
-
 def _is_error(span: Span) -> bool:
     code = span.get("http_status_code")
     return span.get("status_code") == "ERROR" or (isinstance(code, int) and code >= 500)
 
 
 class TraceHops:
-    """One trace's spans, classified and linked, ready to be cut into hops."""
+    """One trace's spans (by position), with their roles, linked parent to children and ready to be cut into
+    hops."""
 
-    def __init__(self, spans: Iterable[Span], classifier: Classifier) -> None:
-        self.spans: dict[str, Span] = {}
-        for span in spans:  # duplicates from client retries: (trace_id, span_id) is the identity
-            self.spans.setdefault(span["span_id"], span)
-        self.role = {span_id: classifier.role(span) for span_id, span in self.spans.items()}
-        self.children: dict[str, list[Span]] = defaultdict(list)
-        self._server_of: dict[str, Span] = {}  # hop anchor → the callee app SERVER span that answered
-        for span in self.spans.values():
-            if span.get("parent_span_id") in self.spans:
-                self.children[span["parent_span_id"]].append(span)
+    def __init__(self, trace: Trace, roles: Sequence[str], start: Sequence[int], end: Sequence[int]) -> None:
+        self.trace, self.roles, self.start, self.end = trace, roles, start, end
+        self.children: dict[int, list[int]] = defaultdict(list)  # every child by parent, in (start, span id) order
+        self._server_of: dict[int, int] = {}  # hop anchor → the callee app SERVER span that answered
+        for i, parent in enumerate(trace.parent):
+            if parent >= 0:
+                self.children[parent].append(i)
+        ids = trace.ids
         for kids in self.children.values():
-            kids.sort(key=lambda s: (s["start_ns"], s["span_id"]))
+            kids.sort(key=lambda k: (start[k], ids[k]))
 
-    def kids(self, span: Span, roles: tuple[str, ...]) -> list[Span]:
-        return [kid for kid in self.children.get(span["span_id"], []) if self.role[kid["span_id"]] in roles]
+    def kids(self, span: int, roles: tuple[str, ...]) -> list[int]:
+        return [kid for kid in self.children.get(span, ()) if self.roles[kid] in roles]
+
+    def duration(self, span: int) -> int:
+        return self.end[span] - self.start[span]
+
+    def role_of_parent(self, span: int) -> str | None:
+        parent = self.trace.parent[span]
+        return self.roles[parent] if parent >= 0 else None
 
     def hops(self) -> list[HopBreakdown]:
         result = []
-        for span in sorted(self.spans.values(), key=lambda s: (s["start_ns"], s["span_id"])):
-            role = self.role[span["span_id"]]
-            parent_role = self.role.get(span.get("parent_span_id") or "")
+        ids = self.trace.ids
+        for span in sorted(range(len(ids)), key=lambda i: (self.start[i], ids[i])):
+            role = self.roles[span]
             if role == "app_client":
                 outbound = self.kids(span, OUTBOUND)
                 result.append(self._hop(span, outbound[0] if outbound else None))
-            elif role in OUTBOUND and parent_role != "app_client":
+            elif role in OUTBOUND and self.role_of_parent(span) != "app_client":
                 result.append(self._hop(None, span))
         self._fill_app_self(result)
         return result
@@ -100,159 +103,163 @@ class TraceHops:
     def _fill_app_self(self, hops: list[HopBreakdown]) -> None:
         """app_self = d(S) minus the union of the intervals of the hops S itself made. Those hops' anchors are the
         callee's own spans (its app CLIENT or its sidecar's outbound span), so they share S's clock."""
-        children: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        position = self.trace.position
+        children: dict[int, list[tuple[int, int]]] = defaultdict(list)
         for hop in hops:
-            owner = self._owning_server(self.spans[hop.anchor_span_id])
+            anchor = position[hop.anchor_span_id]
+            owner = self._owning_server(anchor)
             if owner is not None:
-                anchor = self.spans[hop.anchor_span_id]
-                children[owner["span_id"]].append((int(anchor["start_ns"]), int(anchor["end_ns"])))
+                children[owner].append((self.start[anchor], self.end[anchor]))
         for hop in hops:
-            server = self._server_of.get(hop.anchor_span_id)
+            server = self._server_of.get(position[hop.anchor_span_id])
             if server is None or hop.app_ns is None:
                 continue
-            low, high = int(server["start_ns"]), int(server["end_ns"])
+            low, high = self.start[server], self.end[server]
             covered, reach = 0, low
-            for start, end in sorted(children.get(server["span_id"], [])):
+            for start, end in sorted(children.get(server, [])):
                 start, end = max(start, reach), min(end, high)
                 if end > start:
                     covered += end - start
                     reach = end
             hop.app_self_ns = hop.app_ns - covered
 
-    def _owning_server(self, span: Span) -> Span | None:
+    def _owning_server(self, span: int) -> int | None:
         """The nearest app SERVER span above this one (the app on whose behalf the call was made)."""
-        parent = self.spans.get(span.get("parent_span_id") or "")
-        while parent is not None:
-            if self.role[parent["span_id"]] == "app_server":
+        parent, seen = self.trace.parent[span], set()
+        while parent >= 0 and parent not in seen:  # a parent cycle in malformed data ends the climb
+            seen.add(parent)
+            if self.roles[parent] == "app_server":
                 return parent
-            if self.role[parent["span_id"]] in ("proxy_inbound", "waypoint"):
+            if self.roles[parent] in ("proxy_inbound", "waypoint"):
                 return None  # crossed into the caller's side of the previous hop
-            parent = self.spans.get(parent.get("parent_span_id") or "")
+            parent = self.trace.parent[parent]
         return None
 
-    def _hop(self, client: Span | None, outbound: Span | None) -> HopBreakdown:
-        anchor = client or outbound
+    def _hop(self, client: int | None, outbound: int | None) -> HopBreakdown:
+        anchor = client if client is not None else outbound
         assert anchor is not None
-        hop = HopBreakdown(trace_id=anchor["trace_id"], caller=self._caller(anchor), callee="",
-                           anchor_span_id=anchor["span_id"], total_ns=_duration(anchor),
-                           start_ns=int(anchor["start_ns"]), error=_is_error(anchor))
+        spans = self.trace.spans
+        hop = HopBreakdown(trace_id=str(spans[anchor].get("trace_id") or ""), caller=self._caller(anchor), callee="",
+                           anchor_span_id=self.trace.ids[anchor], total_ns=self.duration(anchor),
+                           start_ns=self.start[anchor], error=_is_error(spans[anchor]))
         if client is not None and outbound is not None:
-            hop.iptables_ns = _duration(client) - _duration(outbound)
+            hop.iptables_ns = self.duration(client) - self.duration(outbound)
         elif outbound is None:
             hop.resolution.append("no caller proxy: iptables and proxy_outbound not present")
         else:
             hop.resolution.append("no caller app span: iptables outside the hop")
-        carrier, callee_spans = self._attempts(hop, outbound or anchor)
+        carrier, callee_spans = self._attempts(hop, outbound if outbound is not None else anchor)
         self._callee_side(hop, carrier, callee_spans)
-        if outbound is not None and "UT" in str((outbound.get("attributes") or {}).get("response_flags", "")):
+        if outbound is not None and "UT" in str(self.trace.attributes[outbound].get("response_flags", "")):
             hop.anomalies.append("the caller's proxy timed out (response flag UT): the callee-side spans outlive "
                                  "the hop, so network and the callee's components are not what the caller waited on")
         self._apply_explicit_layers(hop, client, outbound, carrier)
-        hop.callee = self._callee(callee_spans, outbound or anchor)
-        hop.caller_node = node_of(client) if client is not None else node_of(anchor)
+        hop.callee = self._callee(callee_spans, outbound if outbound is not None else anchor)
+        hop.caller_node = node_of(spans[client if client is not None else anchor])
         if callee_spans:
             server = self._app_server_under(callee_spans[-1])
-            hop.callee_node = node_of(server) if server is not None else node_of(callee_spans[-1])
+            hop.callee_node = node_of(spans[server if server is not None else callee_spans[-1]])
         for name in ("iptables_ns", "proxy_outbound_ns", "proxy_inbound_ns", "network_ns", "app_ns", "retry_ns"):
             value = getattr(hop, name)
             if value is not None and value < 0:
                 hop.anomalies.append(f"negative {name[:-3]} ({value} ns): clock or instrumentation artefact")
         return hop
 
-    def _attempts(self, hop: HopBreakdown, sender: Span) -> tuple[Span, list[Span]]:
+    def _attempts(self, hop: HopBreakdown, sender: int) -> tuple[int, list[int]]:
         """The span that carries the answering attempt over the wire, and the callee-side spans under it."""
         upstreams = self.kids(sender, UPSTREAM)
         if upstreams:
             answering = upstreams[-1]
             hop.attempts = len(upstreams)
-            hop.retry_ns = int(answering["start_ns"]) - int(upstreams[0]["start_ns"])
-            hop.proxy_outbound_ns = _duration(sender) - (int(answering["end_ns"]) - int(upstreams[0]["start_ns"]))
+            hop.retry_ns = self.start[answering] - self.start[upstreams[0]]
+            hop.proxy_outbound_ns = self.duration(sender) - (self.end[answering] - self.start[upstreams[0]])
             return answering, self.kids(answering, CALLEE_SIDE)
         callee_spans = self.kids(sender, CALLEE_SIDE)
-        if self.role[sender["span_id"]] in OUTBOUND:
+        if self.roles[sender] in OUTBOUND:
             hop.resolution.append("no upstream spans: proxy_outbound measured inside network")
         if len(callee_spans) > 1:
             hop.attempts = len(callee_spans)
-            hop.retry_ns = int(callee_spans[-1]["start_ns"]) - int(callee_spans[0]["start_ns"])
+            hop.retry_ns = self.start[callee_spans[-1]] - self.start[callee_spans[0]]
             hop.resolution.append("retry estimated from the callee-side attempts")
         return sender, callee_spans
 
-    def _callee_side(self, hop: HopBreakdown, carrier: Span, callee_spans: list[Span]) -> None:
+    def _callee_side(self, hop: HopBreakdown, carrier: int, callee_spans: list[int]) -> None:
         # without upstream spans the failed attempts and back-off sit inside the carrier (the outbound span)
-        retry_inside_carrier = 0 if self.role[carrier["span_id"]] in UPSTREAM else hop.retry_ns
-        wire = _duration(carrier) - retry_inside_carrier
+        retry_inside_carrier = 0 if self.roles[carrier] in UPSTREAM else hop.retry_ns
+        wire = self.duration(carrier) - retry_inside_carrier
         if not callee_spans:
             hop.network_ns = wire
             hop.resolution.append("no callee-side span: app merged into network")
             return
         answer = callee_spans[-1]
-        role = self.role[answer["span_id"]]
+        role = self.roles[answer]
         if role == "app_server":
-            hop.network_ns = wire - _duration(answer)
-            hop.app_ns = _duration(answer)
-            self._server_of[hop.anchor_span_id] = answer
-            if self.role[carrier["span_id"]] == "app_client":
+            hop.network_ns = wire - self.duration(answer)
+            hop.app_ns = self.duration(answer)
+            self._server_of[self.trace.position[hop.anchor_span_id]] = answer
+            if self.roles[carrier] == "app_client":
                 hop.resolution.append("no proxies on this hop")
             else:
                 hop.resolution.append("no callee proxy: proxy_inbound not present")
             return
         server = self._app_server_under(answer)
-        hop.network_ns = wire - _duration(answer)
+        hop.network_ns = wire - self.duration(answer)
         if role == "waypoint":
             hop.resolution.append("ambient waypoint: caller interception and ztunnel are inside network; "
                                   "the waypoint, its network leg and the destination ztunnel inside proxy_inbound")
         if server is None:
-            hop.proxy_inbound_ns = _duration(answer)
+            hop.proxy_inbound_ns = self.duration(answer)
             hop.resolution.append("no callee app span: app merged into proxy_inbound")
             return
-        hop.proxy_inbound_ns = _duration(answer) - _duration(server)
-        hop.app_ns = _duration(server)
-        self._server_of[hop.anchor_span_id] = server
-        if int(server["end_ns"]) > int(answer["end_ns"]) and role != "waypoint":
+        hop.proxy_inbound_ns = self.duration(answer) - self.duration(server)
+        hop.app_ns = self.duration(server)
+        self._server_of[self.trace.position[hop.anchor_span_id]] = server
+        if self.end[server] > self.end[answer] and role != "waypoint":
             hop.anomalies.append("callee app span ends after its inbound proxy span")
 
-    def _apply_explicit_layers(self, hop: HopBreakdown, client: Span | None, outbound: Span | None,
-                               carrier: Span) -> None:
+    def _apply_explicit_layers(self, hop: HopBreakdown, client: int | None, outbound: int | None,
+                               carrier: int) -> None:
         """Spans that report a layer directly (`hopscope.layer`, e.g. from an eBPF agent) replace the estimate of
-        that layer; what the estimate held beyond them is caller-proxy time (DESIGN §2: subtracted from the
+        that layer; what the estimate held beyond them is caller-proxy time (docs/hop-model.md: subtracted from the
         component that would otherwise contain them)."""
         if client is None or outbound is None:
             return
         explicit = self.kids(client, ("layer_iptables", "layer_network"))
-        interception = sum(_duration(s) for s in explicit if self.role[s["span_id"]] == "layer_iptables")
-        wire = sum(_duration(s) for s in explicit if self.role[s["span_id"]] == "layer_network")
+        interception = sum(self.duration(s) for s in explicit if self.roles[s] == "layer_iptables")
+        wire = sum(self.duration(s) for s in explicit if self.roles[s] == "layer_network")
         if interception and hop.iptables_ns is not None:
             hop.proxy_outbound_ns = (hop.proxy_outbound_ns or 0) + hop.iptables_ns - interception
             hop.iptables_ns = interception
             hop.resolution.append("iptables from explicit hopscope.layer spans; the rest of the gap is proxy")
-        if wire and hop.network_ns is not None and self.role[carrier["span_id"]] not in UPSTREAM:
+        if wire and hop.network_ns is not None and self.roles[carrier] not in UPSTREAM:
             hop.proxy_outbound_ns = (hop.proxy_outbound_ns or 0) + hop.network_ns - wire
             hop.network_ns = wire
             hop.resolution.append("network from explicit hopscope.layer spans; proxy_outbound is the rest")
 
-    def _app_server_under(self, inbound: Span) -> Span | None:
+    def _app_server_under(self, inbound: int) -> int | None:
         for kid in self.kids(inbound, ("app_server", "proxy_upstream_inbound")):
-            if self.role[kid["span_id"]] == "app_server":
+            if self.roles[kid] == "app_server":
                 return kid
             nested = self.kids(kid, ("app_server",))
             if nested:
                 return nested[-1]
         return None
 
-    # ---- names (DESIGN §6) ------------------------------------------------------------------------------------
+    # ---- names (docs/hop-model.md) ----------------------------------------------------------------------------
 
-    def _caller(self, anchor: Span) -> str:
-        return service_of(anchor, self.role[anchor["span_id"]])
+    def _caller(self, anchor: int) -> str:
+        return service_of(self.trace.spans[anchor], self.roles[anchor])
 
-    def _callee(self, callee_spans: list[Span], sender: Span) -> str:
+    def _callee(self, callee_spans: list[int], sender: int) -> str:
+        spans = self.trace.spans
         if callee_spans:
             answer = callee_spans[-1]
-            server = self._app_server_under(answer) if self.role[answer["span_id"]] != "app_server" else answer
+            server = self._app_server_under(answer) if self.roles[answer] != "app_server" else answer
             if server is not None:
-                return service_of(server, "app_server")
-            if self.role[answer["span_id"]] != "waypoint":
-                return service_of(answer, self.role[answer["span_id"]])
-        return destination_of(sender)
+                return service_of(spans[server], "app_server")
+            if self.roles[answer] != "waypoint":
+                return service_of(spans[answer], self.roles[answer])
+        return destination_of(spans[sender])
 
 
 def service_of(span: Span, role: str) -> str:

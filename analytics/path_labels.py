@@ -28,9 +28,9 @@ from collections.abc import Sequence
 from itertools import repeat
 from typing import Any, NamedTuple, Protocol
 
-from hopscope.analytics.classify import ROLES
 from hopscope.analytics.critical_path import SpanTree
-from hopscope.analytics.hops import CALLEE_SIDE, OUTBOUND, UPSTREAM, TraceHops, service_of
+from hopscope.analytics.hops import TraceHops, service_of
+from hopscope.analytics.roles import CALLEE_SIDE, OUTBOUND, UPSTREAM
 
 COMPONENTS = ("iptables", "proxy", "network", "app", "retry", "untraced")
 _OWN_TIME = {"app_server": "app", "app_internal": "app", "layer_app": "app", "proxy_inbound": "proxy",
@@ -38,11 +38,6 @@ _OWN_TIME = {"app_server": "app", "app_internal": "app", "layer_app": "app", "pr
              "proxy_upstream_outbound": "network", "layer_iptables": "iptables", "layer_network": "network"}
 
 
-# what _critical_path.c's labeller asks of a role (its R_* bits), by role
-ROLE_BITS = {role: (1 if role == "app_client" else 0) | (2 if role in OUTBOUND else 0)
-             | (4 if role in UPSTREAM else 0) | (8 if role in CALLEE_SIDE else 0)
-             | (16 if role == "layer_iptables" else 0) | (32 if role == "layer_network" else 0)
-             | (64 if role.startswith("layer_") else 0) | (128 if role.startswith("app") else 0) for role in ROLES}
 
 
 class Segment(NamedTuple):  # a tuple, not a dataclass: a long path has one per section, built in bulk
@@ -64,77 +59,78 @@ class Labels(Protocol):
 
 
 class PathLabeller:
-    """Knows, for every span of one trace, which component and service its own time belongs to."""
+    """Knows, for every span of one trace (by position, on the hop model's `TraceHops` built on the times the path
+    was walked on), which component and service its own time belongs to."""
 
     def __init__(self, hops: TraceHops, tree: SpanTree) -> None:
         self._hops = hops
         self._tree = tree
-        self._retry_window: dict[str, tuple[int, int]] = {}
-        self._in_failed_attempt: set[str] = set()
-        self._wire: dict[str, list[tuple[int, int]]] = {}  # outbound span → explicit network spans beside it
-        self.component: dict[str, str] = {}
-        self.service: dict[str, str] = {}
-        for span_id, span in hops.spans.items():
-            self.component[span_id] = self._own_component(span)
-            self.service[span_id] = self._service(span)
+        self._retry_window: dict[int, tuple[int, int]] = {}
+        self._in_failed_attempt: set[int] = set()
+        self._wire: dict[int, list[tuple[int, int]]] = {}  # outbound span → explicit network spans beside it
+        self._services: dict[int, str] = {}
+        self.component = own_components(hops.roles)
+        for i, role in enumerate(hops.roles):
+            if role == "app_client":
+                self.component[i] = self._client_component(i)
+            elif role in OUTBOUND:
+                self.component[i] = self._outbound_component(i)
 
-    def _own_component(self, span: dict[str, Any]) -> str:
-        role = self._hops.role[span["span_id"]]
-        if role == "app_client":
-            if not self._hops.kids(span, OUTBOUND):
-                return "network"
-            return "proxy" if self._hops.kids(span, ("layer_iptables",)) else "iptables"
-        if role in OUTBOUND:
-            upstream = self._hops.kids(span, UPSTREAM)
-            attempts = upstream or self._hops.kids(span, CALLEE_SIDE)
-            if len(attempts) > 1:
-                self._retry_window[span["span_id"]] = (self._start(attempts[0]), self._start(attempts[-1]))
-                for failed in attempts[:-1]:
-                    self._mark_failed(failed["span_id"])
-            if upstream:
-                return "proxy"
-            parent = self._hops.spans.get(span.get("parent_span_id") or "")
-            if parent is not None:
-                wire = [(self._start(s), self._end(s)) for s in self._hops.kids(parent, ("layer_network",))]
-                if wire:
-                    self._wire[span["span_id"]] = sorted(wire)
+    def _client_component(self, span: int) -> str:
+        if not self._hops.kids(span, OUTBOUND):
             return "network"
-        return _OWN_TIME.get(role, "app")
+        return "proxy" if self._hops.kids(span, ("layer_iptables",)) else "iptables"
 
-    def _service(self, span: dict[str, Any]) -> str:
-        role = self._hops.role[span["span_id"]]
-        if role.startswith("layer_"):  # an agent's span reports on its parent's behalf
-            parent = self._hops.spans.get(span.get("parent_span_id") or "")
-            if parent is not None:
-                return service_of(parent, self._hops.role[parent["span_id"]])
-        return service_of(span, role)
+    def _outbound_component(self, span: int) -> str:
+        upstream = self._hops.kids(span, UPSTREAM)
+        attempts = upstream or self._hops.kids(span, CALLEE_SIDE)
+        if len(attempts) > 1:
+            self._retry_window[span] = (self._start(attempts[0]), self._start(attempts[-1]))
+            for failed in attempts[:-1]:
+                self._mark_failed(failed)
+        if upstream:
+            return "proxy"
+        parent = self._hops.trace.parent[span]
+        if parent >= 0:
+            wire = [(self._start(k), self._end(k)) for k in self._hops.kids(parent, ("layer_network",))]
+            if wire:
+                self._wire[span] = sorted(wire)
+        return "network"
 
-    def _start(self, span: dict[str, Any]) -> int:
-        return self._tree.start.get(span["span_id"], int(span["start_ns"]))
+    def service_at(self, span: int) -> str:
+        service = self._services.get(span)
+        if service is None:
+            service = self._services[span] = service_at(self._hops.trace.spans, self._hops.roles,
+                                                        self._hops.trace.parent, span)
+        return service
 
-    def _end(self, span: dict[str, Any]) -> int:
-        return self._tree.end.get(span["span_id"], int(span["end_ns"]))
+    def _start(self, span: int) -> int:
+        return self._tree.start.get(self._hops.trace.ids[span], self._hops.start[span])
 
-    def _mark_failed(self, span_id: str) -> None:
-        stack = [span_id]
+    def _end(self, span: int) -> int:
+        return self._tree.end.get(self._hops.trace.ids[span], self._hops.end[span])
+
+    def _mark_failed(self, span: int) -> None:
+        stack = [span]
         while stack:
             current = stack.pop()
-            self._in_failed_attempt.add(current)
-            stack.extend(kid["span_id"] for kid in self._hops.children.get(current, []))
+            if current not in self._in_failed_attempt:  # a parent cycle in malformed data: visit once
+                self._in_failed_attempt.add(current)
+                stack.extend(self._hops.children.get(current, ()))
 
     def label(self, span_id: str | None, start_ns: int, end_ns: int) -> list[Segment]:
         """The components of span `span_id`'s own time in [start_ns, end_ns), in time order."""
         if span_id is None:
             return [Segment(None, None, "untraced", start_ns, end_ns)]
-        service = self.service.get(span_id)
-        if span_id in self._in_failed_attempt:
+        span = self._hops.trace.position[span_id]
+        service = self.service_at(span)
+        if span in self._in_failed_attempt:
             return [Segment(span_id, service, "retry", start_ns, end_ns)]
-        own = self.component.get(span_id, "app")
-        pieces = [(start_ns, end_ns, own)]
-        window = self._retry_window.get(span_id)
+        pieces = [(start_ns, end_ns, self.component[span])]
+        window = self._retry_window.get(span)
         if window is not None:
             pieces = _split(pieces, [window], "retry")
-        wire = self._wire.get(span_id)
+        wire = self._wire.get(span)
         if wire is not None:  # explicit wire spans: network where they are, the sidecar's own time elsewhere
             pieces = [(a, b, "proxy" if c == "network" else c) for a, b, c in pieces]
             pieces = _split(pieces, wire, "network", only="proxy")
@@ -161,14 +157,14 @@ def _split(pieces: list[tuple[int, int, str]], intervals: list[tuple[int, int]],
     return [(a, b, c) for a, b, c in out if b > a]
 
 
-def own_components(roles: list[str]) -> list[str]:
+def own_components(roles: Sequence[str]) -> list[str]:
     """Each span's own-time component by its role alone (clients and outbound spans are then worked out)."""
     return list(map(_OWN_TIME.get, roles, repeat("app")))
 
 
-def service_at(spans: Sequence[dict[str, Any]], roles: list[str], parent: list[int], span: int) -> str:
-    """PathLabeller's service of the span at this position (the C path's root): an agent's `hopscope.layer` span
-    reports for its parent."""
+def service_at(spans: Sequence[dict[str, Any]], roles: Sequence[str], parent: Sequence[int], span: int) -> str:
+    """The service a section of this span's time is credited to: its own (named as in `hops`), but an agent's
+    `hopscope.layer` span reports for its parent."""
     role, up = roles[span], parent[span]
     if role.startswith("layer_") and up >= 0:  # an agent's span reports on its parent's behalf
         return service_of(spans[up], roles[up])

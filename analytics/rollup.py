@@ -14,19 +14,12 @@ from __future__ import annotations
 
 import duckdb
 
-from hopscope.analytics.aggregates import QUANTILES, summary_group
+from hopscope.analytics.aggregates import MEASURES, QUANTILES, summary_group
 
-MEASURES = ("total", "iptables", "proxy_outbound", "proxy_inbound", "network", "app", "retry")
 MINUTE_NS = 60 * 10**9
 BUCKET_BASE = 1.01
 ERROR_BOUND = "within ±0.5 % of the exact nearest-rank value (log-bucket histograms per minute)"
 KEYS = "caller, callee, caller_node, callee_node"
-
-STATS_DDL = ("CREATE TABLE IF NOT EXISTS hop_rollup_stats (caller VARCHAR, callee VARCHAR, caller_node VARCHAR, "
-             "callee_node VARCHAR, minute_ns BIGINT, hops BIGINT, errors BIGINT, "
-             + ", ".join(f"{m}_sum HUGEINT" for m in MEASURES) + ")")
-BUCKETS_DDL = ("CREATE TABLE IF NOT EXISTS hop_rollup_buckets (caller VARCHAR, callee VARCHAR, caller_node VARCHAR, "
-               "callee_node VARCHAR, minute_ns BIGINT, measure VARCHAR, bucket INTEGER, n BIGINT)")
 
 # bucket b > 0 holds [1.01^(b-1), 1.01^b) ns; 0 holds 0; negative values mirror the positive ones
 _BUCKET = f"CASE WHEN v = 0 THEN 0 ELSE (sign(v) * (floor(ln(abs(v)) / ln({BUCKET_BASE})) + 1))::INTEGER END"
@@ -46,11 +39,6 @@ def value_of_bucket(bucket: int) -> float:
         return 0.0
     magnitude = BUCKET_BASE ** (abs(bucket) - 0.5)
     return magnitude if bucket > 0 else -magnitude
-
-
-def create(db: duckdb.DuckDBPyConnection) -> None:
-    db.execute(STATS_DDL)
-    db.execute(BUCKETS_DDL)
 
 
 def refresh_minutes(db: duckdb.DuckDBPyConnection, minutes: list[int]) -> None:

@@ -9,7 +9,14 @@ from typing import Any
 
 import duckdb
 
+from hopscope.analytics.classify import Classifier
+from hopscope.analytics.clock_offsets import OffsetWindows
+from hopscope.analytics.pipeline import TraceWork
+
 MAX_TRACE_SPANS = 100_000  # one trace read for one request: beyond this the answer says it was cut
+# what the analytics pipeline reads of a span (the follower and the API's trace routes select these)
+SPAN_FIELDS = ("trace_id", "span_id", "parent_span_id", "name", "kind", "start_ns", "end_ns", "status_code",
+               "service_name", "scope_name", "http_status_code", "attributes", "resource_attributes", "links")
 
 
 def trace_spans(db: duckdb.DuckDBPyConnection, trace_id: str, columns: tuple[str, ...],
@@ -28,6 +35,21 @@ def trace_spans(db: duckdb.DuckDBPyConnection, trace_id: str, columns: tuple[str
     return [span_from_row(columns, row[:-2]) for row in rows[:limit]]
 
 
+def traces_spans(db: duckdb.DuckDBPyConnection, trace_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Many traces' spans at once, read by their recorded rowid span (no table scan)."""
+    low, high = db.execute("SELECT min(first_rowid), max(last_rowid) FROM trace_rowids WHERE trace_id IN "
+                           "(SELECT unnest(?::VARCHAR[]))", [trace_ids]).fetchall()[0]
+    if low is None:
+        return {}
+    rows = db.execute(f"SELECT {', '.join(SPAN_FIELDS)} FROM spans WHERE rowid BETWEEN ? AND ? AND trace_id IN "
+                      "(SELECT unnest(?::VARCHAR[]))", [low, high, trace_ids]).fetchall()
+    traces: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        span = span_from_row(SPAN_FIELDS, row)
+        traces.setdefault(span["trace_id"], []).append(span)
+    return traces
+
+
 def span_from_row(columns: tuple[str, ...], row: tuple[Any, ...]) -> dict[str, Any]:
     """A `spans` row as the dict the analytics work on, its JSON attribute maps parsed (absent → {})."""
     span = dict(zip(columns, row, strict=True))
@@ -35,3 +57,24 @@ def span_from_row(columns: tuple[str, ...], row: tuple[Any, ...]) -> dict[str, A
         if name in span:
             span[name] = json.loads(span[name]) if span[name] else {}
     return span
+
+
+def trace_work(db: duckdb.DuckDBPyConnection, trace_id: str, classifier: Classifier, skew: str,
+               fields: tuple[str, ...] = SPAN_FIELDS, limit: int = MAX_TRACE_SPANS) -> TraceWork | None:
+    """One trace read for one request, ready for the pipeline (None: no spans). With `skew="corrected"` its clocks
+    are corrected by the stored estimates around its start and its own pairs (it may not have settled yet)."""
+    spans = trace_spans(db, trace_id, fields, limit)
+    if not spans:
+        return None
+    work = TraceWork(spans, classifier)
+    return on_stored_offsets(db, work) if skew == "corrected" else work
+
+
+def on_stored_offsets(db: duckdb.DuckDBPyConnection, work: TraceWork) -> TraceWork:
+    """The work, its clocks to be corrected by the stored estimates around its start and its own pairs."""
+    if len(work.get("trace")):
+        start = min(work.trace.start)
+        offsets = OffsetWindows(db, start, start).at(start)
+        offsets.add(work.get("pair_bounds"))
+        work.offsets = offsets
+    return work

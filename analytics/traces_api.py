@@ -11,10 +11,8 @@ from fastapi import APIRouter, HTTPException, Query
 
 from hopscope.analytics.aggregates import ms
 from hopscope.analytics.classify import Classifier
-from hopscope.analytics.critical_path_store import offsets_for
 from hopscope.analytics.params import SINCE_HELP, SKEW, checked_trace_id, window
-from hopscope.analytics.skew import correct_clock_skew
-from hopscope.analytics.trace_lookup import MAX_TRACE_SPANS, trace_spans
+from hopscope.analytics.trace_lookup import MAX_TRACE_SPANS, trace_work
 
 _SERVICES = """
 SELECT service_name, any_value(k8s_namespace) AS namespace, count(*) AS spans, max(start_ns) AS last_ns
@@ -80,24 +78,24 @@ def traces_router(cursor: Callable[[], duckdb.DuckDBPyConnection], classifier: C
     @router.get("/traces/{trace_id}", summary="One trace's spans, with the mesh role hopscope gave each")
     def trace(trace_id: str, limit: int = Query(10_000, ge=1, le=MAX_TRACE_SPANS),
               skew: str = SKEW) -> dict[str, Any]:
-        db = cursor()
-        spans = trace_spans(db, checked_trace_id(trace_id), _TRACE_COLUMNS, limit)
-        if not spans:
+        work = trace_work(cursor(), checked_trace_id(trace_id), classifier, skew, _TRACE_COLUMNS, limit)
+        if work is None:
             raise HTTPException(404, f"no spans for trace {trace_id}")
-        spans, report = correct_clock_skew(spans, offsets_for(db, spans) if skew == "corrected" else None)
+        trace, roles, shifts = work.get("trace"), work.get("roles"), work.get("clock_shifts")
+        domains = work.get("clock_domains") if work.offsets is not None else None
         out = []
-        for span in spans:
-            out.append({"span_id": span["span_id"], "parent_span_id": span["parent_span_id"], "name": span["name"],
-                        "kind": span["kind"], "service": span["service_name"], "role": classifier.role(span),
-                        "start_unix_us": span["start_ns"] // 1000,
-                        "duration_ms": ms(span["end_ns"] - span["start_ns"]), "status_code": span["status_code"],
-                        "status_message": span["status_message"], "http_status_code": span["http_status_code"],
-                        "pod": span["k8s_pod"], "node": span["k8s_node"], "attributes": span["attributes"]})
-            if "raw_start_ns" in span:
-                out[-1]["raw_start_unix_us"] = span["raw_start_ns"] // 1000
-                out[-1]["clock_domain"] = span["clock_domain"]
+        for i, span in enumerate(trace.spans):
+            out.append({"span_id": trace.ids[i], "parent_span_id": span["parent_span_id"], "name": span["name"],
+                        "kind": span["kind"], "service": span["service_name"], "role": roles[i],
+                        "start_unix_us": shifts.start[i] // 1000, "duration_ms": ms(trace.end[i] - trace.start[i]),
+                        "status_code": span["status_code"], "status_message": span["status_message"],
+                        "http_status_code": span["http_status_code"], "pod": span["k8s_pod"], "node": span["k8s_node"],
+                        "attributes": span["attributes"]})
+            if domains is not None:
+                out[-1]["raw_start_unix_us"] = trace.start[i] // 1000
+                out[-1]["clock_domain"] = domains[i]
         # the skew was estimated from these spans only: say when the trace was cut at `limit`
-        return {"trace_id": trace_id, "span_count": len(out), "truncated": len(out) >= limit, "spans": out,
-                "skew": report}
+        return {"trace_id": trace_id, "span_count": len(out), "truncated": len(work.spans) >= limit, "spans": out,
+                "skew": shifts.report}
 
     return router

@@ -6,15 +6,15 @@
 1. One trace of 10,000 and one of 100,000 spans: simulated Bookinfo requests (Envoy sidecars with upstream spans,
    apps, node-b's clock 1.5 ms ahead) hung under one root span, so every span is a real mesh span. Timed: the
    reference walk alone (critical_path.py on PathSpan records) and everything `/traces/{id}/critical-path` does
-   once the spans are read, minus HTTP (`trace_critical_path_json`: clock domains, skew estimate with the stored
-   windows queried, correction, classification, walk, labels, the JSON body), against a baseline measured in the
-   same run: one plain pass that sorts the spans by start time.
+   once the spans are read, minus HTTP (the pipeline's steps — columns, roles, clock domains, pair bounds with the
+   stored windows queried, shifts, tree, walk, labels — and the JSON body), against a baseline measured in the same
+   run: one plain pass that sorts the spans by start time.
 2. The summary across traces: a pool of simulated traces goes through the follower (that is the measured cost of
    keeping critical paths ready, reported beside the cost of the hops), then is replicated under fresh trace ids
    to --traces traces; the summary query (`/api/v1/critical-path/summary`'s SQL, all three quantiles) is timed
    beside a plain scan of `critical_path`.
 Medians of --runs runs. The per-trace work runs on the C accelerator (analytics/_critical_path.c) when it is built;
---reference times the Python reference instead (trace_path_reference: what a machine without a compiler runs).
+--reference times the readable implementations instead (what a machine without a compiler runs).
 """
 
 from __future__ import annotations
@@ -30,14 +30,19 @@ import duckdb
 import pyarrow as pa
 from timing import median_ms
 
-from hopscope.analytics import skew, trace_accelerator
+from hopscope.analytics import trace_accelerator
 from hopscope.analytics.classify import Classifier
 from hopscope.analytics.critical_path import critical_path
-from hopscope.analytics.critical_path_api import _NEAREST, _SUMMARY, QUANTILES, trace_critical_path_json
+from hopscope.analytics.critical_path_json import critical_path_body
+from hopscope.analytics.critical_path_summary import NEAREST, QUANTILES, SUMMARY
 from hopscope.analytics.follower import HopFollower
-from hopscope.analytics.trace_lookup import span_from_row
+from hopscope.analytics.pipeline import TraceWork
+from hopscope.analytics.schema import create_derived
+from hopscope.analytics.trace import Trace, paused_gc
+from hopscope.analytics.trace_lookup import on_stored_offsets, span_from_row
 from hopscope.analytics.trace_path import path_records
 from hopscope.collector.columns import requests_to_record_batch
+from hopscope.collector.schema import SCHEMA_STATEMENTS
 from hopscope.collector.store import SpanStore
 from hopscope.instrumentation.meshsim import MeshSimulator, Options, load_topology
 from hopscope.instrumentation.meshsim.encode import Encoder
@@ -73,13 +78,22 @@ def bench_one_trace(size: int, runs: int) -> tuple[float, float, float]:
     spans = _one_big_trace(size)
     classifier = Classifier()
     db = duckdb.connect()
-    skew.create(db)  # the stored windows are queried as the route does (empty here: the trace's own pairs decide)
-    records = path_records(spans)
+    for statement in SCHEMA_STATEMENTS:
+        db.execute(statement)
+    create_derived(db)  # the stored windows are queried as the route does (empty here: the trace's own pairs decide)
+    trace = Trace.read(spans)
+    records = path_records(trace, trace.start, trace.end)
     baseline = median_ms(lambda: sorted(spans, key=lambda s: (s["start_ns"], s["span_id"])), runs)
     reference_walk = median_ms(lambda: critical_path(records), runs)
-    whole = median_ms(lambda: trace_critical_path_json(db, spans, classifier, "corrected"), runs)
+    whole = median_ms(lambda: _route(db, spans, classifier), runs)
     db.close()
     return baseline, reference_walk, whole
+
+
+def _route(db: duckdb.DuckDBPyConnection, spans: list[dict[str, Any]], classifier: Classifier) -> bytes:
+    """What `/traces/{id}/critical-path` does once the spans are read (trace_lookup.trace_work, then the body)."""
+    with paused_gc():
+        return critical_path_body(on_stored_offsets(db, TraceWork(spans, classifier)))
 
 
 def _replica(table: pa.Table, column: str, copy: int) -> pa.Table:
@@ -114,8 +128,8 @@ def bench_summary(traces: int, pool_requests: int, runs: int) -> dict[str, float
         service = db.execute("SELECT any_value(root_service) FROM critical_path_traces").fetchone()[0]
         filters = [0, 2**62, service, service, None, None]
         scan = median_ms(lambda: db.execute("SELECT count(*), avg(duration_ns) FROM critical_path").fetchall(), runs)
-        summary = median_ms(lambda: (db.execute(_SUMMARY, [*filters, list(QUANTILES), 1.0, 1.0]).fetchall(),
-                                      db.execute(_NEAREST, [*filters, list(QUANTILES)]).fetchall()), runs)
+        summary = median_ms(lambda: (db.execute(SUMMARY, [*filters, list(QUANTILES), 1.0, 1.0]).fetchall(),
+                                      db.execute(NEAREST, [*filters, list(QUANTILES)]).fetchall()), runs)
         store.close()
     return {"traces": count, "sections": sections, "scan_ms": scan, "summary_ms": summary,
             "follower_s": total_s, "paths_s": follower.paths.seconds, "pool_traces": follower.paths.paths_written}

@@ -14,12 +14,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from hopscope import __version__
-from hopscope.analytics.api import hops_router, sql_router
 from hopscope.analytics.classify import Classifier
 from hopscope.analytics.critical_path_api import critical_path_router
 from hopscope.analytics.endpoints_api import endpoints_router
+from hopscope.analytics.hops_api import hops_router
 from hopscope.analytics.pages import add_pages
+from hopscope.analytics.rules_api import rules_router
 from hopscope.analytics.sql import SqlRunner
+from hopscope.analytics.sql_api import sql_router
 from hopscope.analytics.traces_api import traces_router
 from hopscope.collector.health_api import health_router
 from hopscope.collector.metrics import IngestMetrics
@@ -49,6 +51,7 @@ def build_api(is_ready: Callable[[], bool], metrics: IngestMetrics,
     app.include_router(critical_path_router(cursor, classifier))
     app.include_router(endpoints_router(cursor))
     app.include_router(sql_router(SqlRunner(cursor), sql_token, exposed))
+    app.include_router(rules_router(classifier))
     add_pages(app)  # after the API routes, which keep priority
 
     @app.exception_handler(HTTPException)

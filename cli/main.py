@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                                               "e.g. after changing classification rules. The service must be stopped: "
                                               "DuckDB lets one process write a file.")
     rebuild.add_argument("--db", default="./hopscope.duckdb", help="the database file (default ./hopscope.duckdb)")
-    rebuild.add_argument("--rules", default=None, help="YAML/JSON classification rules tried before the built-ins")
+    rebuild.add_argument("--rules", default=None, help="YAML/JSON classification rules tried before the built-ins "
+                                                        "[env HOPSCOPE_RULES, as serve's --rules]")
 
     mesh_lab = commands.add_parser("mesh-lab", help="a real Envoy sidecar mesh on this machine feeding hopscope",
                                    description="Bring up a real sidecar mesh in network namespaces (Envoy 1.40, "

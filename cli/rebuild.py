@@ -7,28 +7,27 @@ is not met)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
-from pathlib import Path
 
-from hopscope.analytics import critical_path_store
-from hopscope.analytics.classify import Classifier, load_rules
+from hopscope.analytics.classify import classifier_of
 from hopscope.analytics.follower import HopFollower
+from hopscope.analytics.schema import drop_derived
+from hopscope.collector.settings import SETTING, resolve_setting
 from hopscope.collector.store import DatabaseInUse, SpanStore
 
 
 def run_rebuild(arguments: argparse.Namespace) -> int:
+    """The same rules as serve: `--rules`, else HOPSCOPE_RULES (collector/settings.py's `rules`)."""
     try:
-        classifier = load_rules(Path(arguments.rules)) if arguments.rules else Classifier()
+        classifier = classifier_of(resolve_setting(SETTING["rules"], vars(arguments), os.environ))
         store = SpanStore(arguments.db)
     except (DatabaseInUse, ValueError, OSError) as exc:
         print(f"hopscope rebuild: {exc}", file=sys.stderr)
         return 1
     try:
-        cursor = store.cursor()
-        for table in ("hops", "trace_rowids", "hopscope_hops_watermark", "hopscope_follower_pending",
-                      *critical_path_store.TABLES):
-            cursor.execute(f"DROP TABLE IF EXISTS {table}")
+        drop_derived(store.cursor())
         follower = HopFollower(store.cursor, classifier, settle_seconds=0.0)
         started = time.monotonic()
         follower.step(0.0)

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import uvicorn
 
-from hopscope.analytics.classify import Classifier
+from hopscope.analytics import trace_accelerator
+from hopscope.analytics.classify import Classifier, classifier_of
 from hopscope.analytics.follower import HopFollower
 from hopscope.api import build_api
 from hopscope.collector.grpc_receiver import build_grpc_server, set_serving
@@ -79,17 +80,22 @@ OnReady = Callable[[Endpoints, Callable[[], None]], None]
 def run_serve(settings: Settings, on_ready: OnReady | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        classifier = classifier_of(settings.rules)
+    except (ValueError, OSError) as exc:
+        print(f"hopscope serve: --rules: {exc}", file=sys.stderr)
+        return 2
+    try:
         store = SpanStore(settings.db)
     except (DatabaseInUse, SchemaTooNew) as exc:
         print(f"hopscope serve: {exc}", file=sys.stderr)
         return 1
     try:
-        return asyncio.run(_serve(settings, store, on_ready))
+        return asyncio.run(_serve(settings, store, classifier, on_ready))
     finally:
         store.close()
 
 
-async def _serve(settings: Settings, store: SpanStore, on_ready: OnReady | None) -> int:
+async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, on_ready: OnReady | None) -> int:
     metrics = IngestMetrics()
     metrics.watch_database_size(store.size_bytes)
     pipeline = IngestPipeline(store, PipelineConfig(
@@ -111,12 +117,14 @@ async def _serve(settings: Settings, store: SpanStore, on_ready: OnReady | None)
     store.lock_down()  # from here on, no file access, no Python objects by name, no SET: user SQL runs below
     http_sock, api_sock = sockets["http"], sockets["api"]
     otlp_http = _http_server(OtlpHttpApp(pipeline, metrics, settings.max_message_bytes))
-    classifier = Classifier()
     exposed = not _is_loopback(settings.host)
     api = _http_server(build_api(lambda: pipeline.ready, metrics, store.cursor, classifier, settings.sql_token,
                                  exposed))
     follower = HopFollower(store.cursor, classifier, settings.settle_seconds)
     metrics.watch_follower(lambda: follower.pass_traces, lambda: follower.pending_traces)
+    metrics.watch_counts("hopscope_analytics_fallbacks", "Calls of an analytics step whose compiled form handed "
+                         "back to the readable one (input it did not expect)", "step",
+                         lambda: trace_accelerator.FALLBACKS)
     follower.start()
     await grpc_server.start()
     await set_serving(health, True)

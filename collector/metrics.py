@@ -6,9 +6,10 @@ What an operator needs to see overload before it hurts: spans accepted, rejected
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -48,3 +49,19 @@ class IngestMetrics:
               "(0 between passes)", registry=self.registry).set_function(pass_traces)
         Gauge("hopscope_follower_pending_traces", "Traces with new spans whose hops are not recomputed yet "
               "(waiting for the settle window or a pass)", registry=self.registry).set_function(pending_traces)
+
+    def watch_counts(self, name: str, documentation: str, label: str, counts: Callable[[], Mapping[str, int]]) -> None:
+        """A counter family read from `counts()` at each scrape (a part serve composes, e.g. the analytics' hand-backs
+        to the readable implementations, keeps its own counts: the collector knows no analytics)."""
+        self.registry.register(_CountsCollector(name, documentation, label, counts))
+
+
+class _CountsCollector:
+    def __init__(self, name: str, documentation: str, label: str, counts: Callable[[], Mapping[str, int]]) -> None:
+        self.name, self.documentation, self.label, self.counts = name, documentation, label, counts
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=[self.label])
+        for key, value in sorted(self.counts().items()):
+            family.add_metric([key], value)
+        yield family

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 
@@ -67,6 +68,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("workers", int, 2,
             "processes that turn spooled requests into columns (the CPU-heavy part of ingest)",
             lambda v: 1 <= v <= 64, "a count from 1 to 64"),
+    Setting("rules", str, "",
+            "YAML or JSON file of span classification rules, tried before the built-in ones (docs/hop-model.md, "
+            "'Rules'): the follower, the API and `hopscope rebuild` all use it; GET /api/v1/rules shows the table",
+            lambda v: not v or Path(v).is_file(), "a rules file that exists"),
 )
 
 
@@ -83,6 +88,7 @@ class Settings:
     settle_seconds: float
     sql_token: str
     workers: int
+    rules: str
 
     @property
     def max_message_bytes(self) -> int:
@@ -103,25 +109,30 @@ def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
                             help=f"{setting.help} [env {setting.env}, default {setting.default}]")
 
 
+def resolve_setting(setting: Setting, arguments: Mapping[str, Any], environ: Mapping[str, str]) -> Any:
+    """One setting's value: its flag, else its environment variable, else its default; checked."""
+    raw = arguments.get(setting.name)
+    source = setting.flag
+    if raw is None and setting.env in environ:
+        raw, source = environ[setting.env], setting.env
+    if raw is None:
+        return setting.default
+    try:
+        value = setting.type(raw)
+    except ValueError:
+        raise SettingsError(f"{source}: {raw!r} is not {setting.requirement or setting.type.__name__}") from None
+    if not setting.check(value):
+        raise SettingsError(f"{source}: {raw!r} is out of range; expected {setting.requirement}")
+    return value
+
+
 def resolve_settings(arguments: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
-    values: dict[str, Any] = {}
-    for setting in SETTINGS:
-        raw = arguments.get(setting.name)
-        source = setting.flag
-        if raw is None and setting.env in environ:
-            raw, source = environ[setting.env], setting.env
-        if raw is None:
-            values[setting.name] = setting.default
-            continue
-        try:
-            value = setting.type(raw)
-        except ValueError:
-            raise SettingsError(f"{source}: {raw!r} is not {setting.requirement or setting.type.__name__}") from None
-        if not setting.check(value):
-            raise SettingsError(f"{source}: {raw!r} is out of range; expected {setting.requirement}")
-        values[setting.name] = value
+    values = {setting.name: resolve_setting(setting, arguments, environ) for setting in SETTINGS}
     assert set(values) == {f.name for f in fields(Settings)}
     return Settings(**values)
+
+
+SETTING = {setting.name: setting for setting in SETTINGS}
 
 
 def settings_markdown() -> str:

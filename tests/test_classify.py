@@ -1,5 +1,6 @@
-"""The memoised classifier against its own rule scan: every span of every simulated mesh, and random spans built
-from the values the rules look at (plus unhashable ones, which bypass the memo), get the role the rules give."""
+"""The memoised classifier (the pipeline's `roles` step, readable form) against its own rule scan: every span of every
+simulated mesh, and random spans built from the values the rules look at (plus unhashable ones, which bypass the
+memo), get the role the rules give. Its compiled form is checked against it in test_pipeline_steps.py."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import random
 import pytest
 
 from hopscope.analytics.classify import BUILT_IN_RULES, Classifier, Rule
+from hopscope.analytics.trace import Trace
 from hopscope.instrumentation.meshsim import Options
-from tests.test_skew import _traces
+from tests.simulated import simulated_traces
 
 
 @pytest.mark.parametrize(("topology", "options"), [
@@ -17,11 +19,12 @@ from tests.test_skew import _traces
     ("bookinfo", Options(mesh="linkerd")), ("shop", Options(mesh="ambient")), ("bookinfo", Options(mesh="ambient-l4")),
 ])
 def test_memoised_roles_equal_the_rule_scan_on_simulated_meshes(topology: str, options: Options) -> None:
-    traces, _, _ = _traces(topology, options, requests=40)
     classifier = Classifier()
-    spans = [span for spans in traces.values() for span in spans]
-    assert [classifier.role(s) for s in spans] == [classifier.role_by_rules(s) for s in spans]
-    assert len(classifier._memo) < len(spans) // 4, "roles repeat: the memo holds far fewer keys than spans"
+    spans = 0
+    for trace in map(Trace.read, simulated_traces(topology, options, requests=40).values()):
+        assert classifier.roles(trace) == [classifier.role_by_rules(s) for s in trace.spans]
+        spans += len(trace)
+    assert len(classifier._memo) < spans // 4, "roles repeat: the memo holds far fewer keys than spans"
 
 
 _VALUES = {
@@ -37,8 +40,8 @@ _VALUES = {
 }
 
 
-def _random_span(rng: random.Random) -> dict:
-    span: dict = {"attributes": {}, "resource_attributes": {}}
+def _random_span(rng: random.Random, index: int) -> dict:
+    span: dict = {"span_id": f"s{index}", "start_ns": 0, "end_ns": 1, "attributes": {}, "resource_attributes": {}}
     for field, values in _VALUES.items():
         value = rng.choice(values)
         if value is None and rng.random() < 0.5:
@@ -61,20 +64,9 @@ def test_memoised_roles_equal_the_rule_scan_on_random_spans(seed: int) -> None:
     rng = random.Random(seed)
     user_rules = (Rule("proxy_outbound", (("scope", "eq", "my.scope"), ("attribute.direction", "exists", None))),
                   Rule("layer_app", (("resource.k8s.container.name", "prefix", "ap"),)))
-    for classifier in (Classifier(), Classifier((*user_rules, *BUILT_IN_RULES))):
-        spans = [_random_span(rng) for _ in range(2_000)]
-        assert [classifier.role(s) for s in spans] == [classifier.role_by_rules(s) for s in spans]
-        assert [classifier.role(s) for s in spans] == [classifier.role_by_rules(s) for s in spans]  # from the memo
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_roles_of_a_trace_read_by_column_equal_the_rule_scan(seed: int) -> None:
-    rng = random.Random(seed)
-    user_rules = (Rule("proxy_outbound", (("scope", "eq", "my.scope"), ("attribute.direction", "exists", None))),)
     for classifier in (Classifier(), Classifier((*user_rules, *BUILT_IN_RULES)), Classifier(())):
-        spans = [_random_span(rng) for _ in range(2_000)]
+        spans = [_random_span(rng, i) for i in range(2_000)]
         hashable = [s for s in spans if not isinstance((s["attributes"] or {}).get("hopscope.layer"), list)]
         for batch in (spans, hashable, hashable):  # unhashable values: span by span; then cold and warm memo
-            attributes = [s["attributes"] or {} for s in batch]
-            resources = [s["resource_attributes"] or {} for s in batch]
-            assert classifier.roles(batch, attributes, resources) == [classifier.role_by_rules(s) for s in batch]
+            trace = Trace.read(batch)
+            assert classifier.roles(trace) == [classifier.role_by_rules(s) for s in batch]

@@ -9,8 +9,10 @@ import pytest
 
 from hopscope.analytics.classify import Classifier
 from hopscope.analytics.critical_path import PathSpan, Section, SpanTree, critical_path, span_tree
-from hopscope.analytics.path_labels import PathLabeller, Segment
-from hopscope.analytics.trace_path import path_records, trace_path
+from hopscope.analytics.path_labels import Segment
+from hopscope.analytics.pipeline import TraceWork
+from hopscope.analytics.trace import Trace
+from hopscope.analytics.trace_path import path_records
 from hopscope.analytics.what_if import projected_duration_ns
 from hopscope.instrumentation.meshsim import Options
 from tests.simulated import simulated_traces
@@ -245,12 +247,11 @@ def test_sections_are_section_records() -> None:
 
 # ---- what if ---------------------------------------------------------------------------------------------------
 
-class _AllApp(PathLabeller):
+class _AllApp:
     """Labels every span's own time `app` with the span id as service: enough to zero one span's own time."""
 
-    def __init__(self) -> None:  # no hop model needed for plain spans
-        self.component, self.service = {}, {}
-        self._in_failed_attempt, self._retry_window, self._wire = set(), {}, {}
+    def label(self, span_id: str | None, start_ns: int, end_ns: int) -> list[Segment]:
+        return [Segment(span_id, span_id, "app", start_ns, end_ns)]
 
 
 @pytest.mark.parametrize(("zeroed", "expected"), [
@@ -393,8 +394,8 @@ def _untied(spans: list[PathSpan]) -> list[PathSpan]:
 def test_the_definition_holds_on_the_simulators_traces(topology: str) -> None:
     """Real mesh shapes: sidecars, upstream attempts, parallel fan-outs, retries, clock skew (clipped)."""
     rng = random.Random(9)
-    checked = sum(_check_the_definition(_untied(path_records(trace)), rng)
-                  for trace in simulated_traces(topology, Options(spawn_upstream_span=True), requests=100).values())
+    traces = map(Trace.read, simulated_traces(topology, Options(spawn_upstream_span=True), requests=100).values())
+    checked = sum(_check_the_definition(_untied(path_records(t, t.start, t.end)), rng) for t in traces)
     assert checked > 1_000
 
 
@@ -406,7 +407,7 @@ def test_what_if_replays_shops_traces_with_zero_length_children(options: Options
     classifier = Classifier()
     zero_length = 0
     for spans in simulated_traces("shop", options, requests=40, seed=4).values():
-        path = trace_path(spans, classifier, None)
+        path = TraceWork(spans, classifier).get("critical_path")
         tree, _ = path.replay()
         zero_length += sum(tree.start[k] == tree.end[k] for k in tree.start if k is not None)
         assert projected_duration_ns(*path.replay(), lambda s: False) == path.duration_ns

@@ -3,7 +3,8 @@ without hops or path, and goes on — instead of retrying the whole settled batc
 when a bug in one module raised on every pass: no hops at all were written, for any trace).
 
 The failure is injected (no real span input is known to break the analytics; a fuzz run of 3,000 mutated traces
-found none) by wrapping the real hop and path computations so that they raise for one chosen trace."""
+found none) by replacing one pipeline step (analytics/pipeline.py) with its real implementation wrapped so that it
+raises for one chosen trace."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from hopscope.analytics import critical_path_store, follower, skew
+from hopscope.analytics import follower, pipeline
 from hopscope.analytics.classify import Classifier
 from hopscope.collector.columns import requests_to_record_batch
 from hopscope.collector.store import SpanStore
@@ -32,7 +33,10 @@ def _store_with_simulated_traffic(path: Path) -> SpanStore:
     return store
 
 
-@pytest.mark.parametrize("broken", ["hops", "critical path", "clock pairs"])
+STEP_OF = {"hops": "hops", "critical path": "critical_path", "clock pairs": "pair_bounds"}
+
+
+@pytest.mark.parametrize("broken", list(STEP_OF))
 def test_a_trace_that_breaks_the_analytics_is_skipped_and_the_others_go_on(
         broken: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = _store_with_simulated_traffic(tmp_path / "spans.duckdb")
@@ -41,19 +45,18 @@ def test_a_trace_that_breaks_the_analytics_is_skipped_and_the_others_go_on(
     assert len(traces) == REQUESTS
     victim = traces[5]
 
-    def breaks_on_victim(real):  # noqa: ANN001, ANN202 - wraps either real function unchanged
-        def wrapped(spans, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-            if spans[0]["trace_id"] == victim:
-                raise ValueError("injected failure")
-            return real(spans, *args, **kwargs)
-        return wrapped
+    step = pipeline.BY_NAME[STEP_OF[broken]]
 
-    if broken == "hops":
-        monkeypatch.setattr(follower, "TraceHops", breaks_on_victim(follower.TraceHops))
-    elif broken == "critical path":
-        monkeypatch.setattr(critical_path_store, "trace_path", breaks_on_victim(critical_path_store.trace_path))
-    else:
-        monkeypatch.setattr(skew, "trace_pair_bounds", breaks_on_victim(skew.trace_pair_bounds))
+    def breaks_on_victim(work: pipeline.TraceWork) -> object:
+        if work.spans[0]["trace_id"] == victim:
+            raise ValueError("injected failure")
+        return step.readable(work)
+
+    # both forms of the step: the readable one breaks on the victim, the compiled one (if any) hands it back
+    monkeypatch.setitem(pipeline.BY_NAME, step.name, pipeline.Step(
+        step.name, step.needs, breaks_on_victim,
+        None if step.compiled is None else
+        lambda native, work: None if work.spans[0]["trace_id"] == victim else step.compiled(native, work)))
     keeper = follower.HopFollower(store.cursor, Classifier(), settle_seconds=0.0)
     keeper.step(0.0)
     while keeper.step(1e9):

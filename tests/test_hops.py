@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from hopscope.analytics.classify import Classifier
-from hopscope.analytics.hops import TraceHops
+from hopscope.analytics.pipeline import TraceWork
 from hopscope.analytics.trace_lookup import span_from_row
 from hopscope.collector.columns import requests_to_record_batch
 from hopscope.instrumentation.meshsim import MeshSimulator, Options, load_topology
@@ -41,7 +41,7 @@ def _hops(rows: list[dict[str, Any]]) -> list:
     for row in rows:
         traces[row["trace_id"]].append(row)
     classifier = Classifier()
-    return [hop for spans in traces.values() for hop in TraceHops(spans, classifier).hops()]
+    return [hop for spans in traces.values() for hop in TraceWork(spans, classifier).get("hops")]
 
 
 @pytest.mark.parametrize("topology", ["bookinfo", "shop"])
@@ -114,9 +114,9 @@ def test_a_user_rule_file_is_tried_before_the_built_ins(tmp_path: Any) -> None:
     path = tmp_path / "rules.yaml"
     path.write_text("- role: proxy_inbound\n  when: [[resource.service.name, eq, my-proxy]]\n  why: our own proxy\n")
     classifier = load_rules(path)
-    assert classifier.role({"resource_attributes": {"service.name": "my-proxy"}, "kind": "SERVER"}) == \
+    assert classifier.role_by_rules({"resource_attributes": {"service.name": "my-proxy"}, "kind": "SERVER"}) == \
         "proxy_inbound"
-    assert classifier.role({"resource_attributes": {}, "kind": "SERVER"}) == "app_server"
+    assert classifier.role_by_rules({"resource_attributes": {}, "kind": "SERVER"}) == "app_server"
 
 
 def test_real_envoy_capture_with_5ms_each_way_shows_10ms_of_network() -> None:

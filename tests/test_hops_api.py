@@ -125,9 +125,9 @@ def test_breakdown_and_sql_commands_print_readable_tables(fed_server: tuple[Serv
 def test_the_sql_examples_in_the_docs_run(fed_server: tuple[ServeProcess, list]) -> None:
     server, _ = fed_server
     doc = (Path(__file__).resolve().parents[1] / "docs" / "sql.md").read_text()
-    block = doc[doc.index("```sql") + 6: doc.index("```", doc.index("```sql") + 6)]
-    statements = [s.strip() for s in block.split(";") if s.strip()]
-    assert len(statements) >= 4
+    blocks = [part.split("```", 1)[0] for part in doc.split("```sql")[1:]]   # every SQL block of the page
+    statements = [s.strip() for block in blocks for s in block.split(";") if s.strip()]
+    assert len(statements) >= 5
     answered = 0
     for statement in statements:
         reply = httpx.post(f"{server.api_url}/api/v1/sql", json={"sql": statement}, timeout=60)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from hopscope.analytics.schema import DERIVED_TABLES, Table
 from hopscope.collector.settings import SETTINGS, SettingsError, resolve_settings
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
@@ -62,3 +63,25 @@ def test_configuration_doc_table_is_generated_from_the_settings() -> None:
     from hopscope.collector.settings import settings_markdown
 
     assert settings_markdown() in DOCS.read_text()
+
+
+@pytest.mark.parametrize("table", DERIVED_TABLES, ids=lambda table: table.name)
+def test_sql_doc_shows_every_derived_table_as_declared(table: Table) -> None:
+    """docs/sql.md's column tables are analytics/schema.py's declarations, word for word."""
+    assert table.markdown() in (DOCS.parent / "sql.md").read_text()
+
+
+def test_derived_tables_are_created_as_declared(tmp_path: Path) -> None:
+    import duckdb
+
+    from hopscope.analytics.schema import create_derived
+    from hopscope.collector.schema import SCHEMA_STATEMENTS
+
+    db = duckdb.connect(str(tmp_path / "x.duckdb"))
+    for statement in SCHEMA_STATEMENTS:
+        db.execute(statement)
+    create_derived(db)
+    for table in DERIVED_TABLES:
+        columns = db.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "
+                             "ORDER BY ordinal_position", [table.name]).fetchall()
+        assert columns == [(name, sql.removesuffix(" NOT NULL")) for name, sql, _ in table.columns], table.name

@@ -5,27 +5,22 @@ uncertainty, and the critical path's time per component must equal what really h
 from __future__ import annotations
 
 import copy
-import random
 from collections import defaultdict
 from typing import Any
 
 import pytest
 
 from hopscope.analytics.classify import Classifier
-from hopscope.analytics.skew import (
-    ClockOffsets,
-    _pair_bounds_of_dicts,
-    _trace_domains_of_dicts,
-    clock_shifts,
-    trace_domains,
-    trace_pair_bounds,
-)
-from hopscope.analytics.trace_columns import TraceColumns
-from hopscope.analytics.trace_path import trace_path
+from hopscope.analytics.clock_offsets import WINDOW_NS, OffsetWindows, store_bounds
+from hopscope.analytics.pipeline import TraceWork
+from hopscope.analytics.schema import create_derived
+from hopscope.analytics.skew import ClockOffsets
+from hopscope.analytics.trace_lookup import span_from_row
+from hopscope.analytics.trace_path import TracePath
 from hopscope.collector.columns import requests_to_record_batch
+from hopscope.collector.schema import SCHEMA_STATEMENTS
 from hopscope.instrumentation.meshsim import MeshSimulator, Options, load_topology
 from hopscope.instrumentation.meshsim.encode import Encoder
-from tests.trace_shapes import random_span_dicts
 
 US = 1000
 
@@ -34,14 +29,29 @@ def _traces(topology_name: str, options: Options, requests: int = 150, seed: int
     topology = load_topology(topology_name)
     simulator = MeshSimulator(topology, seed=seed, options=options)
     batch = [simulator.request(1_795_000_000_000_000 + i * 40_000) for i in range(requests)]
-    record_batch = requests_to_record_batch([Encoder(topology).request(batch).SerializeToString()])
-    from hopscope.analytics.trace_lookup import span_from_row
+    return _by_trace(batch, topology), [hop for request in batch for hop in request.hops], topology
 
+
+def _by_trace(batch: list, topology: Any) -> dict[str, list]:
+    record_batch = requests_to_record_batch([Encoder(topology).request(batch).SerializeToString()])
     traces: dict[str, list] = defaultdict(list)
     for row in record_batch.to_pylist():
         span = span_from_row(tuple(record_batch.schema.names), tuple(row.values()))
         traces[span["trace_id"]].append(span)
-    return traces, [hop for request in batch for hop in request.hops], topology
+    return traces
+
+
+def _offsets(traces: dict[str, list]) -> ClockOffsets:
+    """Every trace's own pairs, folded together."""
+    offsets = ClockOffsets()
+    for spans in traces.values():
+        offsets.add(TraceWork(spans, Classifier()).get("pair_bounds"))
+    return offsets
+
+
+def _path(spans: list, offsets: ClockOffsets | None, classifier: Classifier | None = None) -> TracePath:
+    work = TraceWork(spans, classifier or Classifier(), offsets)
+    return work.get("critical_path")  # type: ignore[no-any-return]
 
 
 def _true_offset_ns(domain: str, topology: Any) -> int:
@@ -60,9 +70,7 @@ def _true_offset_ns(domain: str, topology: Any) -> int:
 ])
 def test_estimated_offsets_hold_the_truth_within_their_uncertainty(topology_name: str, options: Options) -> None:
     traces, _, topology = _traces(topology_name, options)
-    offsets = ClockOffsets()
-    for spans in traces.values():
-        offsets.add(trace_pair_bounds(spans))
+    offsets = _offsets(traces)
     assert offsets.bounds, "cross-node calls must give client/server pairs"
     for (a, b), bounds in offsets.bounds.items():
         truth = _true_offset_ns(b, topology) - _true_offset_ns(a, topology)
@@ -70,7 +78,7 @@ def test_estimated_offsets_hold_the_truth_within_their_uncertainty(topology_name
         assert abs(bounds.estimate_ns - truth) <= bounds.uncertainty_ns
         assert bounds.uncertainty_ns < 1_000_000, "hundreds of pairs pin the offset well below a millisecond"
     # resolved onto one reference: every node's shift is the truth within the chain's summed uncertainty
-    domains = {d for spans in traces.values() for d in trace_domains(spans).values()}
+    domains = {d for spans in traces.values() for d in TraceWork(spans, Classifier()).get("clock_domains")}
     reference = sorted(domains)[0]
     for domain, shift in offsets.shifts(reference, domains).items():
         assert shift is not None
@@ -99,16 +107,14 @@ def test_critical_path_components_equal_the_truth_on_corrected_times() -> None:
     is the truth's sum over the trace's hops. Node-b's clock is 1.5 ms ahead: on raw times its spans overflow their
     callers' and are clipped; corrected, nothing is."""
     traces, hops, _ = _traces("bookinfo", Options(spawn_upstream_span=True))
-    offsets = ClockOffsets()
-    for spans in traces.values():
-        offsets.add(trace_pair_bounds(spans))
+    offsets = _offsets(traces)
     by_trace: dict[str, list] = defaultdict(list)
     for hop in hops:
         by_trace[hop.trace_id].append(hop)
     classifier = Classifier()
     clipped_raw = 0
     for trace_id, spans in traces.items():
-        path = trace_path(spans, classifier, offsets)
+        path = _path(spans, offsets, classifier)
         components: dict[str, int] = defaultdict(int)
         for (_, component), ns in path.totals().items():
             components[component] += ns
@@ -117,16 +123,13 @@ def test_critical_path_components_equal_the_truth_on_corrected_times() -> None:
         assert path.duration_ns == sum(components.values()) == root.total_us * US
         assert not path.flagged
         assert path.skew_report["reference_domain"] == "pod:istio-ingressgateway-7f9c"
-        clipped_raw += bool(trace_path(spans, classifier, None).flagged)
+        clipped_raw += bool(_path(spans, None, classifier).flagged)
     assert clipped_raw == len(traces)
 
 
 def test_services_on_the_path_are_the_hop_models_names() -> None:
     traces, _, _ = _traces("bookinfo", Options(spawn_upstream_span=True), requests=20)
-    offsets = ClockOffsets()
-    for spans in traces.values():
-        offsets.add(trace_pair_bounds(spans))
-    path = trace_path(next(iter(traces.values())), Classifier(), offsets)
+    path = _path(next(iter(traces.values())), _offsets(traces))
     services = {service for service, _ in path.totals()}
     assert {"istio-ingressgateway", "productpage", "details", "reviews"} <= services
     assert path.root_service == "istio-ingressgateway"
@@ -137,24 +140,18 @@ def test_a_drifting_clock_is_followed_window_by_window() -> None:
     estimate (consistent, holding that time's truth), not the crossed intersection of both windows."""
     import duckdb
 
-    from hopscope.analytics.skew import WINDOW_NS, OffsetWindows, create, store_bounds
-
     topology = copy.deepcopy(load_topology("bookinfo"))   # its offsets are changed below
     db = duckdb.connect()
-    create(db)
+    for statement in SCHEMA_STATEMENTS:
+        db.execute(statement)
+    create_derived(db)
     starts_us = [1_795_000_000_000_000, 1_795_000_000_000_000 + 20 * 60 * 10**6]
     truths = []
     for start_us in starts_us:
         simulator = MeshSimulator(topology, seed=4, options=Options(spawn_upstream_span=True))
         batch = [simulator.request(start_us + i * 40_000) for i in range(60)]
-        record_batch = requests_to_record_batch([Encoder(topology).request(batch).SerializeToString()])
-        from hopscope.analytics.trace_lookup import span_from_row
-
-        traces: dict[str, list] = defaultdict(list)
-        for row in record_batch.to_pylist():
-            span = span_from_row(tuple(record_batch.schema.names), tuple(row.values()))
-            traces[span["trace_id"]].append(span)
-        store_bounds(db, traces)
+        works = [TraceWork(spans, Classifier()) for spans in _by_trace(batch, topology).values()]
+        store_bounds(db, {w.get("trace").trace_id: (min(w.trace.start), w.get("pair_bounds")) for w in works})
         truths.append({node: offset * US for node, offset in topology.node_offsets_us.items()})
         topology.node_offsets_us["node-b"] += 3_000   # the drift, before the second window's traffic
     assert starts_us[1] * 1000 // WINDOW_NS != starts_us[0] * 1000 // WINDOW_NS
@@ -164,34 +161,3 @@ def test_a_drifting_clock_is_followed_window_by_window() -> None:
         assert bounds is not None and bounds.consistent, bounds
         true_delta = truth["node-b"] - truth["node-a"]
         assert abs(bounds.estimate_ns - true_delta) <= bounds.uncertainty_ns, (bounds, true_delta)
-
-
-# ---- the column forms of clock domains and pair bounds against the dict forms --------------------------------
-
-@pytest.mark.parametrize(("topology", "options"), [
-    ("bookinfo", Options(spawn_upstream_span=True)), ("shop", Options()), ("bookinfo", Options(mesh="linkerd")),
-    ("shop", Options(mesh="ambient-l4")),
-])
-def test_trace_domains_equal_the_dict_form(topology: str, options: Options) -> None:
-    traces, _, _ = _traces(topology, options, requests=30)
-    for spans in traces.values():
-        shuffled = [*spans, dict(spans[0], resource_attributes={})]  # a duplicate id without a node, last
-        assert trace_domains(spans) == _trace_domains_of_dicts(spans)
-        assert trace_domains(shuffled) == _trace_domains_of_dicts(shuffled)
-    spans = random_span_dicts(random.Random(1), 200)
-    assert trace_domains(spans) == _trace_domains_of_dicts(spans)
-
-
-@pytest.mark.parametrize(("topology", "options"), [
-    ("bookinfo", Options(spawn_upstream_span=True)), ("shop", Options()), ("bookinfo", Options(mesh="linkerd")),
-])
-def test_pair_bounds_and_shifts_on_columns_equal_the_dict_forms(topology: str, options: Options) -> None:
-    traces, _, _ = _traces(topology, options, requests=30)
-    samples = [*traces.values(), random_span_dicts(random.Random(2), 200)]
-    for spans in samples:
-        domains = _trace_domains_of_dicts(spans)
-        columns = TraceColumns.of(spans)
-        assert trace_pair_bounds(spans, domains, columns) == _pair_bounds_of_dicts(spans, domains)
-        offsets = ClockOffsets()
-        offsets.add(trace_pair_bounds(spans))
-        assert clock_shifts(spans, offsets, domains, columns) == clock_shifts(spans, offsets, domains)

@@ -1,27 +1,21 @@
-"""REST routes of the hop breakdown (DESIGN §6 units: durations are float ms in `*_ms` fields, instants integer µs
-since the epoch in `*_unix_us` fields; every list is limited)."""
+"""REST routes of the hop breakdown: one trace's hops, summaries, time series, the service graph (units: durations
+are float ms in `*_ms` fields, instants integer µs since the epoch in `*_unix_us` fields; every list is limited)."""
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable
 from typing import Any
 
 import duckdb
-from fastapi import APIRouter, Header, HTTPException, Query
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, HTTPException, Query
 
 from hopscope.analytics import rollup
 from hopscope.analytics.aggregates import COMPONENTS, GROUP_KEYS, hop_groups, ms
 from hopscope.analytics.classify import Classifier
-from hopscope.analytics.critical_path_store import offsets_for
-from hopscope.analytics.follower import SPAN_FIELDS
-from hopscope.analytics.hops import HopBreakdown, TraceHops
+from hopscope.analytics.hops import HopBreakdown
 from hopscope.analytics.params import SINCE_HELP, SKEW, checked_trace_id, window
-from hopscope.analytics.skew import correct_clock_skew
-from hopscope.analytics.sql import SqlBusy, SqlRefused, SqlRunner
 from hopscope.analytics.timerange import duration_ns
-from hopscope.analytics.trace_lookup import trace_spans
+from hopscope.analytics.trace_lookup import trace_work
 
 PERCENTILE_NOTE = "exact, nearest-rank, over the hops of sampled traces that reached hopscope"
 COUNTS_NOTE = "hops of the sampled traces that reached hopscope, not of every request"
@@ -31,9 +25,11 @@ def minute_floor(ns: int) -> int:
     return ns // rollup.MINUTE_NS * rollup.MINUTE_NS
 
 
-def hop_json(hop: HopBreakdown) -> dict[str, Any]:
+def hop_json(hop: HopBreakdown, shift_ns: int = 0) -> dict[str, Any]:
+    """A hop in the API's units; `shift_ns` moves its start onto the corrected clock (components are durations on
+    one host: skew-free)."""
     body: dict[str, Any] = {"trace_id": hop.trace_id, "caller": hop.caller, "callee": hop.callee,
-                            "anchor_span_id": hop.anchor_span_id, "start_unix_us": hop.start_ns // 1000,
+                            "anchor_span_id": hop.anchor_span_id, "start_unix_us": (hop.start_ns + shift_ns) // 1000,
                             "total_ms": ms(hop.total_ns), "attempts": hop.attempts, "error": hop.error}
     for name in COMPONENTS:
         body[f"{name}_ms"] = ms(getattr(hop, f"{name}_ns"))
@@ -47,14 +43,12 @@ def hops_router(cursor: Callable[[], duckdb.DuckDBPyConnection], classifier: Cla
 
     @router.get("/traces/{trace_id}/hops", summary="Every hop of one trace, its latency split into components")
     def trace_hops(trace_id: str, skew: str = SKEW) -> dict[str, Any]:
-        db = cursor()
-        spans = trace_spans(db, checked_trace_id(trace_id), SPAN_FIELDS)
-        if not spans:
+        work = trace_work(cursor(), checked_trace_id(trace_id), classifier, skew)
+        if work is None:
             raise HTTPException(404, f"no spans for trace {trace_id}")
-        # components are durations on one host (skew-free); only the hops' start instants move
-        spans, report = correct_clock_skew(spans, offsets_for(db, spans) if skew == "corrected" else None)
-        hops = TraceHops(spans, classifier).hops()
-        return {"trace_id": trace_id, "span_count": len(spans), "hops": [hop_json(h) for h in hops], "skew": report}
+        shifts, position = work.get("clock_shifts"), work.trace.position
+        hops = [hop_json(hop, shifts.by_span[position[hop.anchor_span_id]]) for hop in work.get("hops")]
+        return {"trace_id": trace_id, "span_count": len(work.trace), "hops": hops, "skew": shifts.report}
 
     @router.get("/hops/summary", summary="Per edge, caller, callee or node pair: count, error rate, exact "
                                          "p50/p95/p99 of the total and of every component, each component's share")
@@ -103,35 +97,5 @@ def hops_router(cursor: Callable[[], duckdb.DuckDBPyConnection], classifier: Cla
         services = sorted({g["caller"] for g in groups} | {g["callee"] for g in groups})
         return {"since_unix_us": low // 1000, "until_unix_us": high // 1000, "services": services,
                 "edges": groups, "percentiles": rollup.ERROR_BOUND}
-
-    return router
-
-
-class SqlRequest(BaseModel):
-    sql: str = Field(description="one SELECT (or EXPLAIN) statement", max_length=100_000)
-    max_rows: int | None = Field(None, ge=1, le=10_000, description="row cap (at most 10,000)")
-
-
-def sql_router(runner: SqlRunner, token: str, exposed: bool) -> APIRouter:
-    """POST /api/v1/sql. On a non-loopback address it needs a token, and stays closed without one."""
-    router = APIRouter(prefix="/api/v1", tags=["sql"])
-
-    @router.post("/sql", summary="Run one read-only SQL statement (time limit, row cap, no file access)",
-                 responses={400: {"description": "refused or failed statement"}, 401: {"description": "bad token"},
-                            403: {"description": "closed: set --sql-token"}, 429: {"description": "busy"}})
-    def run_sql(request: SqlRequest, authorization: str | None = Header(None)) -> dict[str, Any]:
-        if exposed and not token:
-            raise HTTPException(403, "the SQL endpoint is closed on a non-loopback address until --sql-token "
-                                     "(HOPSCOPE_SQL_TOKEN) is set")
-        if token and not hmac.compare_digest(authorization or "", f"Bearer {token}"):
-            raise HTTPException(401, "send 'Authorization: Bearer <token>' with the --sql-token value")
-        try:
-            result = runner.run(request.sql, request.max_rows)
-        except SqlRefused as exc:
-            raise HTTPException(400, str(exc)) from None
-        except SqlBusy as exc:
-            raise HTTPException(429, str(exc)) from None
-        return {"columns": result.columns, "types": result.types, "rows": result.rows, "row_count": len(result.rows),
-                "truncated": result.truncated, "elapsed_ms": result.elapsed_ms}
 
     return router
