@@ -10,8 +10,8 @@ On disk: `<dir>/<segment:012d>.spool`, a sequence of records
 
     u32 payload length | u32 crc32(payload) | u32 span count | payload (a serialised ExportTraceServiceRequest)
 
-little-endian. A record cut short by a crash fails its length or CRC check; it was never fsynced, so never
-acknowledged, and recovery truncates it away.
+little-endian. A record cut short by a crash fails its length or CRC check (or reads as zeros: a span count of 0,
+which no record has); it was never fsynced, so never acknowledged, and recovery truncates it away.
 """
 
 from __future__ import annotations
@@ -74,7 +74,9 @@ def recover_segment(path: Path, start: int) -> list[SpoolRecord]:
         while offset + RECORD_HEADER.size <= len(data):
             length, crc, spans = RECORD_HEADER.unpack_from(data, offset)
             end = offset + RECORD_HEADER.size + length
-            if end > len(data) or zlib.crc32(data[offset + RECORD_HEADER.size: end]) != crc:
+            # spans == 0: zeros, not a record (every record carries a span; and zeros pass the CRC of nothing) —
+            # a filesystem can leave a zero-filled block after a crash
+            if spans == 0 or end > len(data) or zlib.crc32(data[offset + RECORD_HEADER.size: end]) != crc:
                 break
             records.append(SpoolRecord(segment, offset, end, spans))
             offset = end
