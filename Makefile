@@ -20,6 +20,7 @@ run: $(STAMP)
 test: $(STAMP)
 	./scripts/system-packages.sh
 	$(BIN)/ruff check cli collector analytics instrumentation tests bench
+	MYPY=$(CURDIR)/$(BIN)/mypy ./scripts/typecheck.sh
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

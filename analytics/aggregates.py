@@ -15,7 +15,7 @@ QUANTILES = (50, 95, 99)
 
 
 def ms(ns: float | None) -> float | None:
-    """ns → ms as a float with µs precision (DESIGN §6 units)."""
+    """ns → ms as a float with µs precision (docs/design.md §6 units)."""
     return None if ns is None else round(ns / 1e6, 3)
 
 

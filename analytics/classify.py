@@ -1,4 +1,5 @@
-"""Span classification as data: which mesh role each span plays (DESIGN §2, shared/reference/MESH-SOURCES.md §6).
+"""Span classification as data: which mesh role each span plays (docs/design.md §2; the meshes' span shapes:
+shared/reference/MESH-SOURCES.md §6).
 
 A rule is a role and a list of conditions that must all hold; the first rule that matches wins. The built-in table
 covers Envoy/Istio sidecars (listener and upstream-attempt spans, both directions), the Istio ingress gateway,
@@ -61,7 +62,7 @@ def _holds(span: Mapping[str, Any], field: str, op: str, expected: Any) -> bool:
     if op == "exists":
         return value is not None
     if op == "eq":
-        return value == expected
+        return bool(value == expected)
     if op == "prefix":
         return isinstance(value, str) and value.startswith(expected)
     raise ValueError(f"unknown condition operator {op!r}")
@@ -112,7 +113,7 @@ class Classifier:
                 raise ValueError(f"rule {rule.why or rule.conditions!r}: unknown role {rule.role!r}; one of {ROLES}")
         self.rules = tuple(rules)
         self._fields = tuple(dict.fromkeys(field for rule in self.rules for field, _, _ in rule.conditions))
-        self._memo: dict[tuple, str] = {}
+        self._memo: dict[tuple[Any, ...], str] = {}
 
     def role_by_rules(self, span: Mapping[str, Any]) -> str:
         """The first rule that matches; the table ends with a rule that always does."""
@@ -188,7 +189,7 @@ def load_rules(path: Path) -> Classifier:
         for condition in conditions:
             if len(condition) != 3 or condition[1] not in OPERATORS or not isinstance(condition[0], str):
                 raise ValueError(f"{path}: rule {index}: a condition is [field, eq|prefix|exists, value]")
-        rules.append(Rule(raw["role"], conditions, str(raw.get("why", "")), str(path)))  # type: ignore[arg-type]
+        rules.append(Rule(str(raw["role"]), conditions, str(raw.get("why", "")), str(path)))
     try:
         return Classifier((*rules, *BUILT_IN_RULES))
     except ValueError as exc:

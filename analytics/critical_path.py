@@ -1,4 +1,4 @@
-"""The critical path of one trace (DESIGN §5): the chain of work that, if shortened, shortens the trace.
+"""The critical path of one trace (docs/design.md §5): the chain of work that, if shortened, shortens the trace.
 
 A pure function over small span records, so every rule is testable by hand (tests/test_critical_path.py). The walk
 is Jaeger UI's (packages/jaeger-ui/src/components/TracePage/CriticalPath): start at the root's end; the current
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 VIRTUAL_ROOT = None  # the parent of several roots: the trace's wall-clock
 
@@ -165,7 +166,7 @@ def critical_path(records: Iterable[PathSpan] | SpanTree) -> list[Section]:
         return []
     candidates: dict[str | None, _Candidates] = {}
     sections: list[Section] = []
-    stack: list[list] = [[tree.root, tree.end[tree.root]]]
+    stack: list[list[Any]] = [[tree.root, tree.end[tree.root]]]
     while stack:
         frame = stack[-1]
         span_id, point = frame

@@ -57,8 +57,7 @@ class CriticalPathKeeper:
         ids = list(works)
         db.execute("DELETE FROM critical_path WHERE trace_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
         db.execute("DELETE FROM critical_path_traces WHERE trace_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
-        starts = {trace_id: min(work.trace.start) for trace_id, work in works.items()
-                  if work.trace is not None and len(work.trace)}
+        starts = {trace_id: min(work.trace.start) for trace_id, work in works.items() if len(work.trace)}
         if not starts:
             return
         windows = OffsetWindows(db, min(starts.values()), max(starts.values()))

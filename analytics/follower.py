@@ -1,4 +1,4 @@
-"""Keeps the `hops` table current by following newly committed spans (DESIGN §6: an ingest watermark, not a hook
+"""Keeps the `hops` table current by following newly committed spans (docs/design.md §6: an ingest watermark, not a hook
 in the write path).
 
 Every pass: find the traces that received spans past the watermark (`spans.rowid`, which only grows: ingest never

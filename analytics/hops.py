@@ -1,6 +1,6 @@
-"""Hop assembly and breakdown (DESIGN §3): every caller → callee call in a trace, its latency split into iptables,
-proxy (outbound, inbound), network, app and retry — from durations of spans on one host, or differences of them,
-so cross-host clock skew cannot corrupt a component.
+"""Hop assembly and breakdown (docs/design.md §3): every caller → callee call in a trace, its latency split into
+iptables, proxy (outbound, inbound), network, app and retry — from durations of spans on one host, or differences
+of them, so cross-host clock skew cannot corrupt a component.
 
 The identity `iptables + proxy_outbound + proxy_inbound + network + app + retry == total` holds exactly for every
 hop: a component that cannot be measured is None and its time is carried by the neighbour that `resolution`

@@ -9,7 +9,7 @@ from fastapi import HTTPException, Query
 from hopscope.analytics.timerange import instant_ns
 
 SINCE_HELP = "RFC 3339, or a duration back from now (15m, 2h)"
-# every endpoint that shows absolute instants takes it (DESIGN §4): corrected by default, raw on request
+# every endpoint that shows absolute instants takes it (docs/design.md §4): corrected by default, raw on request
 SKEW = Query("corrected", pattern="^(raw|corrected)$",
              description="corrected (default): every clock domain moved onto the root's clock; raw: as the spans "
                          "arrived (raw_start_unix_us keeps the raw instant where a corrected one is shown)")

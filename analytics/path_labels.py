@@ -1,4 +1,4 @@
-"""Critical-path sections labelled with the mesh component and service they belong to (DESIGN §5), per the hop
+"""Critical-path sections labelled with the mesh component and service they belong to (docs/design.md §5), per the hop
 model (docs/hop-model.md, docs/critical-path.md "Components").
 
 A section is a stretch of one span's own time (no child of it on the path then). What that time is follows from

@@ -47,34 +47,54 @@ from hopscope.analytics.trace_path import SERVICE_ATTRIBUTES, TracePath, path_co
 
 @dataclass
 class TraceWork:
-    """One trace on its way through the steps: each step's product in the field named after it (None until it
-    has run). `get(step)` runs what is missing."""
+    """One trace on its way through the steps: `get(step)` runs what is missing and gives the step's product; the
+    properties are the same, typed. `offsets`, the stored clock estimates around the trace, is the caller's."""
 
     spans: list[dict[str, Any]]
     classifier: Classifier
     offsets: ClockOffsets | None = None
-    trace: Trace | None = None
-    roles: list[str] | None = None
-    hops: list[HopBreakdown] | None = None
-    clock_domains: list[str] | None = None
-    pair_bounds: dict[tuple[str, str], PairBounds] | None = None
-    clock_shifts: ClockShifts | None = None
-    critical_path: TracePath | None = None
+    products: dict[str, Any] = field(default_factory=dict)
     ran: list[str] = field(default_factory=list)  # the steps run, in order (tests, debugging)
 
     def get(self, name: str) -> Any:
-        value = getattr(self, name)
-        if value is None:
+        if name not in self.products:
             step = BY_NAME[name]
             for needed in step.needs:
                 self.get(needed)
-            value = trace_accelerator.compiled(name, lambda native: step.compiled(native, self)) \
-                if step.compiled is not None else None
-            if value is None:
-                value = step.readable(self)
-            setattr(self, name, value)
+            compiled = step.compiled
+            value = trace_accelerator.compiled(name, lambda native: compiled(native, self)) \
+                if compiled is not None else None
+            self.products[name] = value if value is not None else step.readable(self)
             self.ran.append(name)
-        return value
+        return self.products[name]
+
+    @property
+    def trace(self) -> Trace:
+        return self.get("trace")  # type: ignore[no-any-return]
+
+    @property
+    def roles(self) -> list[str]:
+        return self.get("roles")  # type: ignore[no-any-return]
+
+    @property
+    def hops(self) -> list[HopBreakdown]:
+        return self.get("hops")  # type: ignore[no-any-return]
+
+    @property
+    def clock_domains(self) -> list[str]:
+        return self.get("clock_domains")  # type: ignore[no-any-return]
+
+    @property
+    def pair_bounds(self) -> dict[tuple[str, str], PairBounds]:
+        return self.get("pair_bounds")  # type: ignore[no-any-return]
+
+    @property
+    def clock_shifts(self) -> ClockShifts:
+        return self.get("clock_shifts")  # type: ignore[no-any-return]
+
+    @property
+    def critical_path(self) -> TracePath:
+        return self.get("critical_path")  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -94,7 +114,6 @@ def read_ahead(classifier: Classifier) -> tuple[tuple[str, ...], tuple[str, ...]
 
 def _corrected(work: TraceWork) -> tuple[Trace, list[str], list[int], list[int], dict[str, Any]]:
     shifts = work.clock_shifts
-    assert work.trace is not None and work.roles is not None and shifts is not None
     return work.trace, work.roles, shifts.start, shifts.end, shifts.report
 
 

@@ -12,6 +12,8 @@ span that changes a hop changes its minute too.
 
 from __future__ import annotations
 
+from typing import Any
+
 import duckdb
 
 from hopscope.analytics.aggregates import MEASURES, QUANTILES, summary_group
@@ -37,7 +39,7 @@ def value_of_bucket(bucket: int) -> float:
     """The geometric middle of a bucket, in ns."""
     if bucket == 0:
         return 0.0
-    magnitude = BUCKET_BASE ** (abs(bucket) - 0.5)
+    magnitude = float(BUCKET_BASE ** (abs(bucket) - 0.5))
     return magnitude if bucket > 0 else -magnitude
 
 
@@ -52,7 +54,7 @@ def refresh_minutes(db: duckdb.DuckDBPyConnection, minutes: list[int]) -> None:
 
 
 def rollup_groups(db: duckdb.DuckDBPyConnection, low_ns: int, high_ns: int, keys: tuple[str, ...],
-                  caller: str | None = None, callee: str | None = None, limit: int = 200) -> list[dict]:
+                  caller: str | None = None, callee: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
     """The same answer as aggregates.hop_groups, from the rollups of the minutes in [low, high): counts, error
     rates and shares exact, percentiles within the bucket bound."""
     key_list = ", ".join(keys)
@@ -72,7 +74,7 @@ def rollup_groups(db: duckdb.DuckDBPyConnection, low_ns: int, high_ns: int, keys
                    f"c AS (SELECT *, sum(n) OVER (PARTITION BY {partition} ORDER BY bucket ROWS UNBOUNDED PRECEDING) "
                    f"AS cum, sum(n) OVER (PARTITION BY {partition}) AS total FROM b) "
                    f"SELECT {select_keys}measure, {picks} FROM c GROUP BY ALL")
-    percentiles: dict[tuple, dict[str, list]] = {}
+    percentiles: dict[tuple[Any, ...], dict[str, list[Any]]] = {}
     for row in db.execute(buckets_sql, params).fetchall():
         group_key, measure, values = tuple(row[:len(keys)]), row[len(keys)], row[len(keys) + 1:]
         percentiles.setdefault(group_key, {})[measure] = list(values)

@@ -157,7 +157,7 @@ class ClockShifts:
     report: dict[str, Any]
 
 
-RAW_REPORT = {"skew": "raw", "reference_domain": None, "domains": []}
+RAW_REPORT: dict[str, Any] = {"skew": "raw", "reference_domain": None, "domains": []}
 
 
 def clock_shifts(trace: Trace, domains: Sequence[str], offsets: ClockOffsets | None) -> ClockShifts:

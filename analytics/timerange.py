@@ -1,4 +1,5 @@
-"""`since`/`until` as users write them (DESIGN §6): RFC 3339 instants or relative durations such as `15m`, `2h`."""
+"""`since`/`until` as users write them (docs/design.md §6): RFC 3339 instants or relative durations such as
+`15m`, `2h`."""
 
 from __future__ import annotations
 

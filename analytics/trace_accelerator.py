@@ -29,7 +29,8 @@ def _load() -> ModuleType | None:
     except ImportError:
         return None
     _critical_path.configure(LABEL_BITS)
-    return _critical_path
+    module: ModuleType = _critical_path
+    return module
 
 
 NATIVE: ModuleType | None = _load()

@@ -23,9 +23,9 @@ def trace_spans(db: duckdb.DuckDBPyConnection, trace_id: str, columns: tuple[str
                 limit: int = MAX_TRACE_SPANS) -> list[dict[str, Any]]:
     """The trace's spans as dicts in start order, `attributes` and `resource_attributes` parsed when selected."""
     select = ", ".join(columns)
-    known = db.execute("SELECT first_rowid, last_rowid FROM trace_rowids WHERE trace_id = ?", [trace_id]).fetchone()
-    seen_upto = db.execute("SELECT coalesce(max(last_rowid), -1) FROM trace_rowids").fetchone()[0]
-    ranges = [(known[0], known[1])] if known else []
+    known = db.execute("SELECT first_rowid, last_rowid FROM trace_rowids WHERE trace_id = ?", [trace_id]).fetchall()
+    seen_upto = db.execute("SELECT coalesce(max(last_rowid), -1) FROM trace_rowids").fetchall()[0][0]
+    ranges = [(known[0][0], known[0][1])] if known else []
     ranges.append((seen_upto + 1, 2**62))  # not yet seen by the follower
     rows = []
     for low, high in ranges:

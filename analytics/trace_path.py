@@ -78,7 +78,8 @@ def path_of(trace: Trace, roles: Sequence[str], start: list[int], end: list[int]
     tree, labeller = readable_parts(trace, roles, start, end)
     segments = [piece for section in critical_path(tree)
                 for piece in labeller.label(section.span_id, section.start_ns, section.end_ns)]
-    root_id = tree.root if tree.root is not None else (tree.children.get(None) or [None])[0]
+    roots = tree.children.get(None) or []
+    root_id = tree.root if tree.root is not None else roots[0] if roots else None
     first = trace.position[root_id] if root_id is not None else -1
     top = (tree.start[tree.root], tree.end[tree.root]) if tree.root in tree.start else (0, 0)
     return TracePath(

@@ -54,7 +54,8 @@ def _replay(tree: SpanTree, labeller: Labels, span_id: str | None, projected: di
     start, end = tree.start, tree.end
     # (instant, order, kid, 0 start | 1 end): at one instant ends (order 0) come before starts (order 1) — back-to-back
     # calls — but a zero-length child's end is ordered right after its own start, or it would end before it began
-    events = sorted([(start[k], 1, k, 0) for k in kids] + [(end[k], int(end[k] == start[k]), k, 1) for k in kids])
+    events: list[tuple[int, int, str | None, int]] = sorted(
+        [(start[k], 1, k, 0) for k in kids] + [(end[k], int(end[k] == start[k]), k, 1) for k in kids])
     events.append((end[span_id], 2, None, 1))  # the span's own end, last
     clock, previous, running = 0, start[span_id], 0
     started: dict[str, int] = {}

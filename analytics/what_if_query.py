@@ -40,7 +40,8 @@ METHOD = ("each trace replayed on its span tree with the component's time remove
 
 def _within_budget(sample: list[tuple[str, int | None]], max_spans: int) -> tuple[list[str], bool]:
     """The sample's traces, in order, until their stored span counts would pass max_spans; True if any were left."""
-    ids, spans = [], 0
+    ids: list[str] = []
+    spans = 0
     for trace_id, count in sample:
         spans += count or 0
         if spans > max_spans:

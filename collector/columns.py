@@ -4,7 +4,7 @@ This is the hot loop of ingest (~10 µs of Python a span, measured in bench/inge
 processes and is written for speed: one pass over the spans, resource- and scope-level values computed once per
 group, attribute maps turned into JSON by orjson, and the common case (a string attribute) settled by one C call.
 
-Promoted columns (DESIGN §6) are a data table, `PROMOTIONS`: which attribute keys, in which order of preference,
+Promoted columns (docs/design.md §6) are a data table, `PROMOTIONS`: which attribute keys, in which order of preference,
 fill each column. Classification into mesh layers is not done here; that is the analytics' job.
 """
 
@@ -262,7 +262,7 @@ def _load_accelerator() -> Any:
 _ACCELERATOR = _load_accelerator()
 
 
-def _arrow_column(values: Any, arrow_type: pa.DataType) -> pa.Array:
+def _arrow_column(values: Any, arrow_type: pa.DataType) -> pa.Array[Any]:
     if isinstance(values, tuple):  # Arrow string buffers from the accelerator: (validity, offsets, data, nulls)
         validity, offsets, data, nulls = values
         length = len(offsets) // 4 - 1

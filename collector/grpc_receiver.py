@@ -24,7 +24,7 @@ class TraceExportHandler:
         self._pipeline = pipeline
         self._metrics = metrics
 
-    async def export(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def export(self, body: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         try:
             validated = await self._pipeline.export(len(body), lambda: validate_protobuf(body))
         except ExportError as error:

@@ -270,7 +270,8 @@ class IngestPipeline:
                 batches.append(requests_to_record_batch([payload]))
             except Exception as exc:
                 self._quarantine(record, payload, exc)
-        return pa.concat_batches(batches) if batches else requests_to_record_batch([])
+        # pyarrow-stubs do not know concat_batches yet (pyarrow >= 19 has it)
+        return pa.concat_batches(batches) if batches else requests_to_record_batch([])  # type: ignore[attr-defined]
 
     def _quarantine(self, record: SpoolRecord, payload: bytes, exc: Exception) -> None:
         """Keep an acknowledged record we cannot flatten instead of losing it or blocking all ingest behind it."""

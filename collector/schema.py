@@ -1,6 +1,6 @@
 """The `spans` table: one list of columns drives the DDL, the Arrow hand-off and docs/schema.md.
 
-SQL is a user interface here (DESIGN §6): these names and types are an API. Changing one is a migration, done at
+SQL is a user interface here (docs/design.md §6): these names and types are an API. Changing one is a migration, done at
 start-up only (see store.py), never on the write path.
 
 Attribute maps are JSON, chosen by measurement (docs/schema.md, "Why JSON"): it keeps OTLP value types (a bool

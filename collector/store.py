@@ -1,6 +1,6 @@
 """The one DuckDB writer: creates the schema at start-up, appends Arrow batches with the spool watermark.
 
-DESIGN §6: one file, one writer process (DuckDB locks the file), readers use cursors of the same database. Every
+docs/design.md §6: one file, one writer process (DuckDB locks the file), readers use cursors of the same database. Every
 append writes the rows *and* the spool position they came from in one transaction, so after a crash the spool is
 replayed from exactly where DuckDB stopped: nothing twice, nothing lost.
 

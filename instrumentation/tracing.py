@@ -1,7 +1,7 @@
 """One-call OpenTelemetry tracing for an app in (or out of) a mesh.
 
 Kubernetes identity comes from the environment variables a Deployment sets with the downward API, so that
-hopscope can tell which pod and node (clock domain, DESIGN §4) a span came from:
+hopscope can tell which pod and node (clock domain, docs/design.md §4) a span came from:
 
     env:
       - {name: K8S_POD_NAME,  valueFrom: {fieldRef: {fieldPath: metadata.name}}}

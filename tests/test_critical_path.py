@@ -1,5 +1,5 @@
-"""The critical-path walk on hand-built traces: every rule of DESIGN §5 with its expected sections written out, a
-line-by-line port of Jaeger UI's walk as the reference on well-formed traces, and the tiling of the root."""
+"""The critical-path walk on hand-built traces: every rule of docs/design.md §5 with its expected sections written
+out, a line-by-line port of Jaeger UI's walk as the reference on well-formed traces, and the tiling of the root."""
 
 from __future__ import annotations
 

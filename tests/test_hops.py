@@ -1,5 +1,5 @@
 """Hop breakdown against the simulator's ground truth: spans go through the real ingest flattening (OTLP bytes →
-`spans` rows), get cut into hops, and every component is compared with what really happened, per DESIGN §3 and
+`spans` rows), get cut into hops, and every component is compared with what really happened, per docs/design.md §3 and
 the resolution each hop states."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The simulation: one request through the mesh → the spans a real mesh would emit, and the truth of every hop.
 
-Time is integer µs on one true clock. A hop A → B unfolds as (DESIGN §3):
+Time is integer µs on one true clock. A hop A → B unfolds as (docs/design.md §3):
 
     A app CLIENT  ├─ iptables(req) ─┤ A outbound proxy ├─ proxy_out(req) ─┤ attempt: network(req) ─┤
                    B inbound proxy ├─ proxy_in(req) ─┤ B app SERVER (app) ├─ proxy_in(resp) ─┤
@@ -222,7 +222,7 @@ class MeshSimulator:
                      parent: SimSpan | None, t0: int) -> int:
         """Istio ambient (MESH-SOURCES §2): no sidecar spans. The caller's in-pod redirect and source ztunnel, then
         (with `mesh=ambient`) the callee's waypoint — an Envoy with one SERVER span — then the destination ztunnel
-        and in-pod redirect (network, as server-side interception is in DESIGN §3), then the callee app.
+        and in-pod redirect (network, as server-side interception is in docs/design.md §3), then the callee app.
         Truth: iptables = caller-side redirect, proxy_outbound = source ztunnel, proxy_inbound = waypoint."""
         rng = self._rng
         callee_pod = rng.choice(callee.pods)
@@ -361,8 +361,8 @@ class MeshSimulator:
         return 19 if status >= 500 else self._rng.randrange(40, 4000)
 
     def _ebpf_spans(self, client: SimSpan, outbound: SimSpan, pod: Pod, wire: list[tuple[int, int]]) -> None:
-        """What a kernel-level agent would add (DESIGN §2): the interception legs as `hopscope.layer=iptables` and
-        the answering attempt's wire legs as `hopscope.layer=network`."""
+        """What a kernel-level agent would add (docs/design.md §2): the interception legs as
+        `hopscope.layer=iptables` and the answering attempt's wire legs as `hopscope.layer=network`."""
         legs = [("iptables", "iptables redirect", client.start_us, outbound.start_us),
                 ("iptables", "iptables redirect", outbound.end_us, client.end_us)]
         legs += [("network", "tcp transfer", start, end) for start, end in wire]

@@ -24,7 +24,7 @@ class SimSpan:
 
 @dataclass
 class HopTruth:
-    """What really happened on one caller → callee call, in µs. None: not inside the hop's total (DESIGN §3)."""
+    """What really happened on one caller → callee call, in µs. None: not inside the hop's total (docs/design.md §3)."""
 
     trace_id: str
     caller: str

@@ -378,9 +378,9 @@ def _branch_waited_for_last(hops: list[dict[str, Any]], caller: str) -> str:
 def test_critical_path_follows_the_branch_the_trace_waited_for(lab_run: LabRun) -> None:
     """The frontend calls details (~37 ms) and reviews → ratings (~73 ms) at once and answers when both have: the
     critical path is the branch that ended last (reviews, but for a trace whose details call a busy machine
-    stalled) — never the other one, which the trace did not wait for (DESIGN §5). Along it, network is the hops' link
-    holds, iptables the redirect holds, app the apps' work; the sections tile the trace end to end; what is left
-    over is compared with the control traces' leftover, like a hop's overhead."""
+    stalled) — never the other one, which the trace did not wait for (docs/design.md §5). Along it, network is the
+    hops' link holds, iptables the redirect holds, app the apps' work; the sections tile the trace end to end; what
+    is left over is compared with the control traces' leftover, like a hop's overhead."""
     spec = lab_run.spec
     leftover: dict[str, dict[str, list[float]]] = {c: {"injected": [], "control": []}
                                                     for c in ("network", "iptables", "app")}
