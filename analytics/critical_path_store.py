@@ -9,31 +9,28 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 
 from hopscope.analytics.clock_offsets import OffsetWindows
 from hopscope.analytics.pipeline import TraceWork
 from hopscope.analytics.schema import CRITICAL_PATH, CRITICAL_PATH_TRACES, Table
-from hopscope.analytics.trace import paused_gc
 from hopscope.analytics.trace_path import TracePath
 
 
-def _rows(path: TracePath) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    sections = [{"trace_id": path.trace_id, "seq": seq, "span_id": s.span_id, "service": s.service,
-                 "component": s.component, "start_ns": s.start_ns, "end_ns": s.end_ns, "duration_ns": s.duration_ns}
+def _rows(path: TracePath) -> tuple[list[tuple[Any, ...]], tuple[Any, ...]]:
+    """The path's rows of `critical_path` and its row of `critical_path_traces`, in column order."""
+    trace_id = path.trace_id
+    sections = [(trace_id, seq, s.span_id, s.service, s.component, s.start_ns, s.end_ns, s.end_ns - s.start_ns)
                 for seq, s in enumerate(path.segments)]
     domains = path.skew_report["domains"]
     uncertainty = max((d["uncertainty_ms"] or 0 for d in domains), default=0)
-    trace = {"trace_id": path.trace_id, "root_service": path.root_service, "root_operation": path.root_operation,
-             "start_ns": path.start_ns, "duration_ns": path.duration_ns, "span_count": path.span_count,
-             "roots": path.roots, "skew_uncertainty_ns": round(uncertainty * 1e6),
-             "unshifted_domains": sum(d["shift_ms"] is None for d in domains),
-             "flags": [f"{span_id}: {text}" for span_id, text in path.flagged]}
+    trace = (trace_id, path.root_service, path.root_operation, path.start_ns, path.duration_ns, path.span_count,
+             path.roots, round(uncertainty * 1e6), sum(d["shift_ms"] is None for d in domains),
+             [f"{span_id}: {text}" for span_id, text in path.flagged])
     return sections, trace
 
 
-def _insert(db: duckdb.DuckDBPyConnection, table: Table, rows: list[dict[str, Any]]) -> None:
-    db.register("fresh_paths", pa.Table.from_pylist(rows, schema=table.arrow_schema))
+def _insert(db: duckdb.DuckDBPyConnection, table: Table, rows: list[tuple[Any, ...]]) -> None:
+    db.register("fresh_paths", table.arrow_table(rows))
     try:
         db.execute(f"INSERT INTO {table.name} SELECT * FROM fresh_paths")
     finally:
@@ -61,19 +58,18 @@ class CriticalPathKeeper:
         if not starts:
             return
         windows = OffsetWindows(db, min(starts.values()), max(starts.values()))
-        sections: list[dict[str, Any]] = []
-        summaries: list[dict[str, Any]] = []
-        with paused_gc():  # acyclic objects only (trace.py)
-            for trace_id, start in starts.items():
-                work = works[trace_id]
-                try:
-                    work.offsets = windows.at(start)
-                    rows, summary = _rows(work.get("critical_path"))
-                except Exception:
-                    on_failure(trace_id)
-                    continue
-                sections += rows
-                summaries.append(summary)
+        sections: list[tuple[Any, ...]] = []
+        summaries: list[tuple[Any, ...]] = []
+        for trace_id, start in starts.items():  # (the follower has paused the garbage collector)
+            work = works[trace_id]
+            try:
+                work.offsets = windows.at(start)
+                rows, summary = _rows(work.get("critical_path"))
+            except Exception:
+                on_failure(trace_id)
+                continue
+            sections += rows
+            summaries.append(summary)
         _insert(db, CRITICAL_PATH, sections)
         _insert(db, CRITICAL_PATH_TRACES, summaries)
         self.paths_written += len(summaries)

@@ -8,6 +8,7 @@ at start-up when a file's rows are older than this hopscope's rules (docs/releas
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -39,13 +40,20 @@ class Table:
         return (f"CREATE TABLE IF NOT EXISTS {self.name} ("
                 + ", ".join(f"{name} {sql}" for name, sql, _ in self.columns) + key + ")")
 
-    @property
+    @functools.cached_property
     def column_names(self) -> tuple[str, ...]:
         return tuple(name for name, _, _ in self.columns)
 
-    @property
+    @functools.cached_property
     def arrow_schema(self) -> pa.Schema:
         return pa.schema([pa.field(name, _ARROW[sql.removesuffix(" NOT NULL")]) for name, sql, _ in self.columns])
+
+    def arrow_table(self, rows: list[tuple[Any, ...]]) -> pa.Table:
+        """Rows in column order as an Arrow table, built a column at a time (from dicts it is several times
+        slower)."""
+        columns = list(zip(*rows, strict=True)) if rows else [()] * len(self.columns)
+        return pa.Table.from_arrays([pa.array(values, type=field.type) for values, field in
+                                     zip(columns, self.arrow_schema, strict=True)], schema=self.arrow_schema)
 
     def markdown(self) -> str:
         """The table's columns as docs/sql.md shows them."""

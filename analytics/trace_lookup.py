@@ -4,10 +4,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import duckdb
+import orjson
 
 from hopscope.analytics.classify import Classifier
 from hopscope.analytics.clock_offsets import OffsetWindows
@@ -55,7 +55,7 @@ def span_from_row(columns: tuple[str, ...], row: tuple[Any, ...]) -> dict[str, A
     span = dict(zip(columns, row, strict=True))
     for name in ("attributes", "resource_attributes"):
         if name in span:
-            span[name] = json.loads(span[name]) if span[name] else {}
+            span[name] = orjson.loads(span[name]) if span[name] else {}  # 4x json.loads: it is the read's cost
     return span
 
 
