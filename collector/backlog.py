@@ -44,16 +44,25 @@ class Backlog:
     def limit_spans(self) -> int:
         return max(MIN_LIMIT_SPANS, int(self._rate * self._max_seconds))
 
+    def check(self, spans: int) -> None:
+        """Would `reserve(spans)` refuse? Raises the same BacklogFull, without counting anything in: the receivers
+        ask this with an estimate before decoding, so a refusal under overload costs no protobuf parse."""
+        with self._condition:
+            self._refuse_if_full(spans)
+
     def reserve(self, spans: int) -> None:
         """Admission: count these spans in, or refuse the Export if DuckDB is too far behind already."""
         with self._condition:
-            if self._unstored_spans and self._unstored_spans + spans > self.limit_spans:
-                # ask the client back about when the excess will have drained, not after a fixed second
-                excess = self._unstored_spans + spans - self.limit_spans
-                wait = min(MAX_RETRY_SECONDS, max(MIN_RETRY_SECONDS, excess / self._rate))
-                raise BacklogFull(f"storage is {self._unstored_spans} spans behind (limit {self.limit_spans}); "
-                                  f"retry in {wait:.2f} s", retry_after_seconds=wait)
+            self._refuse_if_full(spans)
             self._unstored_spans += spans
+
+    def _refuse_if_full(self, spans: int) -> None:
+        if self._unstored_spans and self._unstored_spans + spans > self.limit_spans:
+            # ask the client back about when the excess will have drained, not after a fixed second
+            excess = self._unstored_spans + spans - self.limit_spans
+            wait = min(MAX_RETRY_SECONDS, max(MIN_RETRY_SECONDS, excess / self._rate))
+            raise BacklogFull(f"storage is {self._unstored_spans} spans behind (limit {self.limit_spans}); "
+                              f"retry in {wait:.2f} s", retry_after_seconds=wait)
 
     def release(self, spans: int) -> None:
         with self._condition:
@@ -106,3 +115,20 @@ class Backlog:
         """Feed the measured rate of a saturated store cycle into the limit (exponentially weighted)."""
         with self._condition:
             self._rate = 0.7 * self._rate + 0.3 * spans_per_second
+
+
+class BytesPerSpan:
+    """How many bytes a span takes in requests of one encoding, learned from the requests decoded so far: admission
+    estimates a request's spans from its size before decoding it. Before the first decode it guesses one span, so
+    only a backlog already at its limit refuses; afterwards the exact count after the decode still decides, and an
+    estimate a little off only moves where, near the limit, a refusal is made."""
+
+    def __init__(self) -> None:
+        self._bytes: float | None = None
+
+    def spans_in(self, body_size: int) -> int:
+        return 1 if self._bytes is None else max(1, int(body_size / self._bytes))
+
+    def observe(self, body_size: int, spans: int) -> None:
+        measured = body_size / spans
+        self._bytes = measured if self._bytes is None else 0.9 * self._bytes + 0.1 * measured

@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from hopscope.collector.errors import ExportError, error_status
 from hopscope.collector.metrics import IngestMetrics
 from hopscope.collector.pipeline import IngestPipeline
-from hopscope.collector.validation import validate_protobuf
+from hopscope.collector.validation import ValidatedExport, validate_protobuf
 
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 
@@ -26,7 +26,7 @@ class TraceExportHandler:
 
     async def export(self, body: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         try:
-            validated = await self._pipeline.export(len(body), lambda: validate_protobuf(body))
+            validated = await self._pipeline.export(len(body), lambda: _decoded(body), "protobuf")
         except ExportError as error:
             self._metrics.requests_refused.labels(error.reason).inc()
             details = error_status(error).SerializeToString()
@@ -36,6 +36,10 @@ class TraceExportHandler:
         for reason, count in validated.rejected.items():
             self._metrics.spans_rejected.labels(reason).inc(count)
         return validated.response().SerializeToString()
+
+
+async def _decoded(body: bytes) -> ValidatedExport:
+    return validate_protobuf(body)
 
 
 def build_grpc_server(pipeline: IngestPipeline, metrics: IngestMetrics, max_message_bytes: int

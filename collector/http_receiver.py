@@ -97,11 +97,7 @@ class OtlpHttpApp:
         answer_media = PROTOBUF if media == PROTOBUF else JSON
         try:
             body = await self._read_body(scope, headers, media, receive)
-            if media == PROTOBUF:
-                validated = await self._pipeline.export(len(body), lambda: validate_protobuf(body))
-            else:
-                request = await asyncio.to_thread(parse_json_request, body)  # pure-Python parsing: off the loop
-                validated = await self._pipeline.export(len(body), lambda: validate_export(request))
+            validated = await self._pipeline.export(len(body), lambda: _decoded(body, media), media)
         except ExportError as error:
             self._metrics.requests_refused.labels(error.reason).inc()
             await self._respond_error(send, error, answer_media)
@@ -145,6 +141,13 @@ class OtlpHttpApp:
         if isinstance(error, MethodNotAllowed):
             extra.append((b"allow", b"POST"))
         await _respond(send, error.http_status, media, body, extra)
+
+
+async def _decoded(body: bytes, media: str) -> ValidatedExport:
+    if media == PROTOBUF:
+        return validate_protobuf(body)
+    request = await asyncio.to_thread(parse_json_request, body)  # pure-Python parsing: off the event loop
+    return validate_export(request)
 
 
 async def _respond(send: Send, status: int, media: str, body: bytes,

@@ -16,6 +16,7 @@ from hopscope.collector.backlog import (
     MIN_LIMIT_SPANS,
     MIN_RETRY_SECONDS,
     Backlog,
+    BytesPerSpan,
 )
 from hopscope.collector.errors import BacklogFull
 from hopscope.collector.spool import SpoolRecord
@@ -45,17 +46,29 @@ def test_the_limit_is_seconds_of_the_measured_store_rate_with_a_floor(max_second
     (1, MIN_LIMIT_SPANS, False),          # one span past it
     (MIN_LIMIT_SPANS, 1, False),
 ])
-def test_admission_is_refused_past_the_limit(held: int, asked: int, admitted: bool) -> None:
+@pytest.mark.parametrize("ask", ["reserve", "check"])
+def test_admission_is_refused_past_the_limit(held: int, asked: int, admitted: bool, ask: str) -> None:
     backlog = Backlog(0.001)   # the limit is the floor, MIN_LIMIT_SPANS
     if held:
         backlog.reserve(held)
     if admitted:
-        backlog.reserve(asked)
-        assert backlog.unstored_spans == held + asked
+        getattr(backlog, ask)(asked)
+        assert backlog.unstored_spans == held + (asked if ask == "reserve" else 0), "check() counts nothing in"
     else:
         with pytest.raises(BacklogFull):
-            backlog.reserve(asked)
+            getattr(backlog, ask)(asked)
         assert backlog.unstored_spans == held, "a refused request reserves nothing"
+
+
+def test_spans_are_estimated_from_the_size_of_the_requests_decoded_so_far() -> None:
+    size = BytesPerSpan()
+    assert size.spans_in(10_000_000) == 1, "before any decode: one span, so only a full backlog refuses"
+    size.observe(100_000, 1_000)             # 100 bytes a span
+    assert size.spans_in(50_000) == 500
+    for _ in range(100):
+        size.observe(400_000, 1_000)          # the traffic changes: 400 bytes a span
+    assert size.spans_in(400_000) == pytest.approx(1_000, rel=0.01)
+    assert size.spans_in(10) == 1
 
 
 @pytest.mark.parametrize(("excess", "wait"), [

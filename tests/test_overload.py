@@ -4,6 +4,8 @@ RetryInfo, 503 + Retry-After), and everything that was acknowledged is still sto
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,3 +68,43 @@ def test_a_full_backlog_is_refused_with_a_retry_delay_over_http(start_serve: Cal
     assert all("behind" in status_pb2.Status.FromString(a.content).message for a in refused)
     assert server.stop(timeout=30) == 0
     assert count_spans(tmp_path / "spans.duckdb") == 20_000 * len(accepted)
+
+
+def _flattening_workers(server: ServeProcess) -> list[int]:
+    """The serve process's children (its flattening workers and multiprocessing's helper)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == server.pid:
+                children.append(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    return children
+
+
+def test_a_full_backlog_refuses_before_decoding(start_serve: Callable[..., ServeProcess], tmp_path: Path) -> None:
+    """Under overload most Exports are refused; a refusal must not pay for a decode. Observable: with the backlog
+    full, an undecodable body is refused as retryable (UNAVAILABLE, RetryInfo), not rejected as malformed — the
+    server did not look at it — and a valid request is refused the same way and not stored."""
+    server = start_serve("--max-backlog-seconds", "0.001")  # the floor of the bound: 81,920 spans
+    workers = _flattening_workers(server)
+    assert workers
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)   # nothing gets stored: the backlog stays where the requests put it
+    try:
+        over_the_limit = request_with(100_000).SerializeToString()  # admitted: the backlog was empty
+        acked, errors = _send_all(server, [over_the_limit])
+        assert (acked, errors) == (100_000, [])
+        acked, errors = _send_all(server, [b"\xff" * 1000, request_with(10).SerializeToString()])
+        assert acked == 0 and len(errors) == 2
+        for error in errors:
+            assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
+            assert "behind" in error.details() and retry_info(error) is not None
+        garbage = httpx.post(server.http_url, content=b"{not json", timeout=30,
+                             headers={"content-type": "application/json"})
+        assert garbage.status_code == 503 and int(garbage.headers["retry-after"]) >= 1
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+    assert server.stop(timeout=30) == 0
+    assert count_spans(tmp_path / "spans.duckdb") == 100_000
