@@ -64,8 +64,11 @@ class UniqueRequests:
     def __init__(self, encoded: bytes, stream_id: int) -> None:
         request = ExportTraceServiceRequest.FromString(encoded)
         self._buffer = bytearray(encoded)
-        self._offsets = [encoded.find(span.trace_id) for rs in request.resource_spans for ss in rs.scope_spans
-                         for span in ss.spans]
+        self._offsets: list[int] = []
+        for span in (span for rs in request.resource_spans for ss in rs.scope_spans for span in ss.spans):
+            # each span's own copy of its trace id (spans are encoded in order): searching from the start would
+            # find the trace's first span every time, and split a many-span trace into a fresh id and a stale one
+            self._offsets.append(encoded.find(span.trace_id, self._offsets[-1] + 1 if self._offsets else 0))
         self.spans = len(self._offsets)
         self._stream = stream_id
         self._sends = 0

@@ -6,7 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from hopscope.instrumentation.loadgen import run_load
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from hopscope.instrumentation.loadgen import UniqueRequests, run_load
 from hopscope.instrumentation.meshsim.runner import simulated_request
 from hopscope.serve_process import ServeProcess
 from tests.conftest import count_spans
@@ -22,3 +25,25 @@ def test_paced_load_counts_exactly_the_acknowledged_spans(start_serve: Callable[
     stored = count_spans(tmp_path / "spans.duckdb")
     # a send still in flight when the window closes is stored but not counted: at most one request per stream
     assert acked <= stored <= acked + 2 * 220
+
+
+def test_every_send_gets_fresh_trace_ids_and_keeps_each_trace_whole() -> None:
+    """Simulated traces have many spans: all of a trace's spans must get the same fresh id on every send."""
+    encoded = simulated_request(300, seed=3)
+    original = ExportTraceServiceRequest.FromString(encoded)
+    requests = UniqueRequests(encoded, stream_id=7)
+    seen: set[bytes] = set()
+    for _ in range(3):
+        sent = ExportTraceServiceRequest.FromString(requests.next())
+        renamed: dict[bytes, set[bytes]] = {}
+        for before, after in zip(_spans(original), _spans(sent), strict=True):
+            assert (before.span_id, before.parent_span_id) == (after.span_id, after.parent_span_id)
+            renamed.setdefault(before.trace_id, set()).add(after.trace_id)
+        assert max(len(after) for after in renamed.values()) == 1, "a trace was split between two ids"
+        fresh = {after for ids in renamed.values() for after in ids}
+        assert len(fresh) == len(renamed) > 5 and not fresh & seen and not fresh & set(renamed)
+        seen |= fresh
+
+
+def _spans(request: ExportTraceServiceRequest) -> list[Span]:
+    return [span for rs in request.resource_spans for ss in rs.scope_spans for span in ss.spans]
