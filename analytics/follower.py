@@ -65,11 +65,17 @@ class HopFollower:
         self._pending.update((trace_id, (restarted, low, high)) for trace_id, low, high in waiting)
         self.hops_written = 0
         self.traces_skipped = 0
+        self.observe_lag: Callable[[float], None] = lambda seconds: None  # settle → committed, per trace (serve's
+        # /metrics); `now` must then be time.monotonic()
         self.pass_traces = 0   # traces the running pass is recomputing (0 between passes): /metrics, shutdown log
         self.cut_short_at_stop = False   # the shutdown interrupted a pass (rolled back; the next start redoes it)
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def paths_written(self) -> int:
+        return self.paths.paths_written
 
     @property
     def pending_traces(self) -> int:
@@ -101,6 +107,7 @@ class HopFollower:
 
     def step(self, now: float) -> int:
         """One pass; returns the number of traces whose hops were recomputed."""
+        started = time.monotonic()
         fresh = self._db.sql("SELECT trace_id, min(rowid), max(rowid) FROM spans WHERE rowid > ? "
                              "GROUP BY trace_id", params=[self._watermark]).to_arrow_table()
         if fresh.num_rows:
@@ -120,8 +127,9 @@ class HopFollower:
             # span dicts and rows it makes cost as much as the analytics (a third of a pass, measured).
             with paused_gc():
                 self._recompute(settled, first, max(self._pending[t][2] for t in settled))
+            ready = now + (time.monotonic() - started)
             for trace_id in settled:
-                del self._pending[trace_id]
+                self.observe_lag(ready - self._pending.pop(trace_id)[0] - self._settle)
         self._db.execute("DELETE FROM hopscope_hops_watermark")
         self._db.execute("INSERT INTO hopscope_hops_watermark VALUES (?)", [self._watermark])
         self.pass_traces = 0

@@ -121,7 +121,7 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
     api = _http_server(build_api(lambda: pipeline.ready, metrics, store.cursor, classifier, settings.sql_token,
                                  exposed))
     follower = HopFollower(store.cursor, classifier, settings.settle_seconds)
-    metrics.watch_follower(lambda: follower.pass_traces, lambda: follower.pending_traces)
+    follower.observe_lag = metrics.watch_follower(follower)
     metrics.watch_counts("hopscope_analytics_fallbacks", "Calls of an analytics step whose compiled form handed "
                          "back to the readable one (input it did not expect)", "step",
                          lambda: trace_accelerator.FALLBACKS)

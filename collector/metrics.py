@@ -7,11 +7,13 @@ What an operator needs to see overload before it hurts: spans accepted, rejected
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_LAG_BUCKETS = (0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 
 
 class IngestMetrics:
@@ -43,12 +45,28 @@ class IngestMetrics:
     def watch_database_size(self, size: Callable[[], int]) -> None:
         self.database_bytes.set_function(size)
 
-    def watch_follower(self, pass_traces: Callable[[], int], pending_traces: Callable[[], int]) -> None:
-        """The analytics follower's progress, on the same page (serve wires it: the collector knows no analytics)."""
+    def watch_follower(self, follower: FollowerProgress) -> Callable[[float], None]:
+        """The analytics follower's progress, on the same page (serve wires it: the collector knows no analytics).
+        Returns where the follower reports each trace's settle → ready lag."""
+        r = self.registry
         Gauge("hopscope_follower_pass_traces", "Settled traces the hop follower's running pass is recomputing "
-              "(0 between passes)", registry=self.registry).set_function(pass_traces)
+              "(0 between passes)", registry=r).set_function(lambda: follower.pass_traces)
         Gauge("hopscope_follower_pending_traces", "Traces with new spans whose hops are not recomputed yet "
-              "(waiting for the settle window or a pass)", registry=self.registry).set_function(pending_traces)
+              "(waiting for the settle window or a pass)", registry=r).set_function(lambda: follower.pending_traces)
+        self.register_total("hopscope_hops_written", "Hops computed and committed by the follower",
+                            lambda: follower.hops_written)
+        self.register_total("hopscope_critical_paths_written", "Critical paths computed and committed by the follower",
+                            lambda: follower.paths_written)
+        self.register_total("hopscope_follower_traces_skipped", "Traces whose hops or path could not be computed "
+                            "(logged with their id; their spans are kept)", lambda: follower.traces_skipped)
+        lag = Histogram("hopscope_follower_lag_seconds", "From a trace settling (its settle window after the pass "
+                        "that saw its last span) to its hops and critical path being committed",
+                        buckets=_LAG_BUCKETS, registry=r)
+        return lag.observe
+
+    def register_total(self, name: str, documentation: str, total: Callable[[], int]) -> None:
+        """A counter read from `total()` at each scrape, for a count another part keeps."""
+        self.registry.register(_CountsCollector(name, documentation, None, lambda: {"": total()}))
 
     def watch_counts(self, name: str, documentation: str, label: str, counts: Callable[[], Mapping[str, int]]) -> None:
         """A counter family read from `counts()` at each scrape (a part serve composes, e.g. the analytics' hand-backs
@@ -56,12 +74,28 @@ class IngestMetrics:
         self.registry.register(_CountsCollector(name, documentation, label, counts))
 
 
+class FollowerProgress(Protocol):
+    @property
+    def pass_traces(self) -> int: ...
+    @property
+    def pending_traces(self) -> int: ...
+    @property
+    def hops_written(self) -> int: ...
+    @property
+    def paths_written(self) -> int: ...
+    @property
+    def traces_skipped(self) -> int: ...
+
+
 class _CountsCollector:
-    def __init__(self, name: str, documentation: str, label: str, counts: Callable[[], Mapping[str, int]]) -> None:
+    """A counter family whose values another part keeps: by `label`, or one unlabelled value (label None)."""
+
+    def __init__(self, name: str, documentation: str, label: str | None,
+                 counts: Callable[[], Mapping[str, int]]) -> None:
         self.name, self.documentation, self.label, self.counts = name, documentation, label, counts
 
     def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(self.name, self.documentation, labels=[self.label])
+        family = CounterMetricFamily(self.name, self.documentation, labels=[self.label] if self.label else None)
         for key, value in sorted(self.counts().items()):
-            family.add_metric([key], value)
+            family.add_metric([key] if self.label else [], value)
         yield family

@@ -75,6 +75,20 @@ def test_summary_percentiles_match_the_truths(exact: bool, fed_server: tuple[Ser
                     edge, component, q)
 
 
+def test_metrics_count_the_hops_paths_and_lags_of_the_follower(fed_server: tuple[ServeProcess, list]) -> None:
+    """What an operator watches to see whether analytics keeps up: every hop and path written, and one settle →
+    ready lag observed per recomputed trace (a trace split over two flushes is recomputed: at least, not exactly)."""
+    server, truth = fed_server
+    page = httpx.get(f"{server.api_url}/metrics").text
+    values = {line.split()[0]: float(line.split()[1]) for line in page.splitlines() if line and line[0] != "#"}
+    traces = {hop.trace_id for hop in truth}
+    assert values["hopscope_hops_written_total"] >= len(truth)
+    assert values["hopscope_critical_paths_written_total"] >= len(traces)
+    assert values["hopscope_follower_traces_skipped_total"] == 0
+    assert values["hopscope_follower_lag_seconds_count"] >= len(traces)
+    assert 0 < values["hopscope_follower_lag_seconds_sum"] / values["hopscope_follower_lag_seconds_count"] < 10
+
+
 def test_one_traces_hops_equal_the_truth(fed_server: tuple[ServeProcess, list]) -> None:
     server, truth = fed_server
     trace_id = truth[-1].trace_id
