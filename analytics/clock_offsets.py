@@ -23,40 +23,63 @@ _UPSERT = """INSERT INTO clock_offsets SELECT * FROM fresh_offsets ON CONFLICT D
         pairs = pairs + excluded.pairs"""
 
 
-def store_bounds(db: duckdb.DuckDBPyConnection,
-                 traces: Mapping[str, tuple[int, Mapping[tuple[str, str], PairBounds]]]) -> None:
-    """Fold each trace's pair bounds (trace id → (its start, its bounds)) into the window of its start."""
-    rows: dict[tuple[str, str, int], PairBounds] = {}
+WindowRow = tuple[str, str, int, int, int, int]  # a `clock_offsets` row: domain_a, domain_b, window, lo, hi, pairs
+
+
+def window_rows(traces: Mapping[str, tuple[int, Mapping[tuple[str, str], PairBounds]]]) -> list[WindowRow]:
+    """Traces' pair bounds (trace id → (its start, its bounds)) folded into the windows of their starts."""
+    folded: dict[tuple[str, str, int], PairBounds] = {}
     for start_ns, bounds in traces.values():
         window = start_ns // WINDOW_NS * WINDOW_NS
         for (a, b), found in bounds.items():
             key = (a, b, window)
-            if key in rows:
-                rows[key].merge(found)
+            if key in folded:
+                folded[key].merge(found)
             else:
-                rows[key] = PairBounds(found.lo_ns, found.hi_ns, found.pairs)
-    if not rows:
+                folded[key] = PairBounds(found.lo_ns, found.hi_ns, found.pairs)
+    return [(*key, bounds.lo_ns, bounds.hi_ns, bounds.pairs) for key, bounds in folded.items()]
+
+
+def store_windows(db: duckdb.DuckDBPyConnection, rows: pa.Table) -> None:
+    """Fold `clock_offsets` rows (as window_rows makes them) into the stored windows."""
+    if not rows.num_rows:
         return
-    table = pa.table({"domain_a": [k[0] for k in rows], "domain_b": [k[1] for k in rows],
-                      "window_start_ns": [k[2] for k in rows], "lo_ns": [v.lo_ns for v in rows.values()],
-                      "hi_ns": [v.hi_ns for v in rows.values()], "pairs": [v.pairs for v in rows.values()]})
-    db.register("fresh_offsets", table)
+    db.register("fresh_offsets", rows)
     try:
         db.execute(_UPSERT)
     finally:
         db.unregister("fresh_offsets")
 
 
-class OffsetWindows:
-    """The stored windows around a time range; per trace start, each domain pair's nearest window (±REACH_NS)."""
+def stored_windows(db: duckdb.DuckDBPyConnection, low_ns: int, high_ns: int) -> list[WindowRow]:
+    """The stored windows a trace starting in [low_ns, high_ns] may use."""
+    try:
+        return db.execute("SELECT domain_a, domain_b, window_start_ns, lo_ns, hi_ns, pairs FROM clock_offsets "
+                          "WHERE window_start_ns BETWEEN ? AND ?",
+                          [low_ns - REACH_NS - WINDOW_NS, high_ns + REACH_NS]).fetchall()
+    except duckdb.CatalogException:  # no follower has run on this database yet
+        return []
 
-    def __init__(self, db: duckdb.DuckDBPyConnection, low_ns: int, high_ns: int) -> None:
-        try:
-            self._rows = db.execute("SELECT domain_a, domain_b, window_start_ns, lo_ns, hi_ns, pairs FROM "
-                                    "clock_offsets WHERE window_start_ns BETWEEN ? AND ?",
-                                    [low_ns - REACH_NS - WINDOW_NS, high_ns + REACH_NS]).fetchall()
-        except duckdb.CatalogException:  # no follower has run on this database yet
-            self._rows = []
+
+class OffsetWindows:
+    """Windows (stored_windows' rows); per trace start, each domain pair's nearest window (±REACH_NS)."""
+
+    def __init__(self, rows: list[WindowRow]) -> None:
+        self._rows = rows
+
+    @classmethod
+    def read(cls, db: duckdb.DuckDBPyConnection, low_ns: int, high_ns: int) -> OffsetWindows:
+        return cls(stored_windows(db, low_ns, high_ns))
+
+    def folded(self, fresh: list[WindowRow]) -> OffsetWindows:
+        """These windows with `fresh` rows folded in, as storing them would (the upsert's min, max and sum)."""
+        merged = {(a, b, window): PairBounds(lo, hi, pairs) for a, b, window, lo, hi, pairs in self._rows}
+        for a, b, window, lo, hi, pairs in fresh:
+            if (a, b, window) in merged:
+                merged[(a, b, window)].merge(PairBounds(lo, hi, pairs))
+            else:
+                merged[(a, b, window)] = PairBounds(lo, hi, pairs)
+        return OffsetWindows([(*key, bounds.lo_ns, bounds.hi_ns, bounds.pairs) for key, bounds in merged.items()])
 
     def at(self, start_ns: int) -> ClockOffsets:
         nearest: dict[tuple[str, str], tuple[int, PairBounds]] = {}

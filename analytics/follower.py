@@ -9,78 +9,137 @@ recomputed. The watermark persisted is the highest rowid seen, and the traces se
 in `hopscope_follower_pending` (removed in the transaction that writes their hops), so a restart takes up exactly
 the unsettled traces — not every trace since the oldest of them, which a follower stopped while behind would
 recompute again and again.
+
+A pass reads the settled traces' spans as Arrow and hands them, with the stored clock windows around them, to
+`batch.analyse_batch` — in serve, in a worker process (batch.AnalyticsWorker), off the GIL of the receivers — and
+writes the rows it returns in one transaction. Every statement of a pass touches the pass's rows, not the tables'
+history: a trace's old hops and path are deleted only when it had some (a late span after it settled), and the
+rollups are re-derived from the hops of the touched minutes only.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from hopscope.analytics import rollup
+from hopscope.analytics.batch import AnalyticsWorker, BatchRows, analyse_batch
 from hopscope.analytics.classify import Classifier
-from hopscope.analytics.clock_offsets import store_bounds
-from hopscope.analytics.critical_path_store import CriticalPathKeeper
-from hopscope.analytics.pipeline import TraceWork
-from hopscope.analytics.schema import HOPS, create_derived, hop_row
-from hopscope.analytics.trace import paused_gc
-from hopscope.analytics.trace_lookup import SPAN_FIELDS, span_from_row
+from hopscope.analytics.clock_offsets import WindowRow, store_windows, stored_windows
+from hopscope.analytics.schema import create_derived
+from hopscope.analytics.trace_lookup import SPAN_FIELDS
 
 log = logging.getLogger("hopscope.analytics")
 
 # rowid ranges let DuckDB skip every row group outside them: a pass reads the recent spans, not the whole table
 _SELECT_TRACES = (f"SELECT {', '.join(SPAN_FIELDS)} FROM spans WHERE rowid BETWEEN ? AND ? "
                   "AND trace_id IN (SELECT unnest(?::VARCHAR[]))")
-_UPSERT_ROWIDS = """INSERT INTO trace_rowids SELECT * FROM fresh_rowids ON CONFLICT (trace_id) DO UPDATE
-    SET first_rowid = least(first_rowid, excluded.first_rowid),
-        last_rowid = greatest(last_rowid, excluded.last_rowid)"""
+# RETURNING gives each trace's first rowid ever: lower than the fresh spans' own when the trace was seen before
+_UPSERT_ROWIDS = """INSERT INTO trace_rowids SELECT trace_id, low, high FROM fresh_rowids
+    ON CONFLICT (trace_id) DO UPDATE SET first_rowid = least(first_rowid, excluded.first_rowid),
+        last_rowid = greatest(last_rowid, excluded.last_rowid) RETURNING trace_id, first_rowid"""
 _INSERT_PENDING = "INSERT INTO hopscope_follower_pending SELECT trace_id FROM fresh_rowids ON CONFLICT DO NOTHING"
-MAX_TRACES_PER_PASS = 2_000
+_IN = "trace_id IN (SELECT unnest(?::VARCHAR[]))"
+INITIAL_SPANS_PER_SECOND = 10_000.0
+MAX_TRACES_PER_PASS = 1_000  # ~1 s of analytics under load: the lag's granularity
+
+
+class _Pending:
+    """A trace seen with new spans: when last, its rowid range, and whether it has rows to replace."""
+
+    __slots__ = ("touched", "first_rowid", "last_rowid", "written", "new_spans")
+
+    def __init__(self, touched: float, first_rowid: int, last_rowid: int, written: bool, new_spans: int) -> None:
+        self.touched, self.first_rowid, self.last_rowid, self.written = touched, first_rowid, last_rowid, written
+        self.new_spans = new_spans
+
+
+@dataclass
+class _Batch:
+    """Settled traces on their way: taken out of `_pending`, their rows being computed."""
+
+    traces: dict[str, _Pending]
+    rewritten: list[str]   # those with rows to replace
+    rows: concurrent.futures.Future[BatchRows]
+    started: float   # time.monotonic() when their spans were read
+
+
+def _done(rows: BatchRows) -> concurrent.futures.Future[BatchRows]:
+    future: concurrent.futures.Future[BatchRows] = concurrent.futures.Future()
+    future.set_result(rows)
+    return future
 
 
 class HopFollower:
     def __init__(self, cursor: Callable[[], duckdb.DuckDBPyConnection], classifier: Classifier,
-                 settle_seconds: float, interval: float = 1.0) -> None:
+                 settle_seconds: float, interval: float = 1.0, worker: AnalyticsWorker | None = None) -> None:
+        """`worker`: where batches are analysed (serve's AnalyticsWorker process); None: in this thread."""
         self._db = cursor()
         self._classifier = classifier
+        self._worker = worker
         self._settle = settle_seconds
         self._interval = interval
-        self._pending: dict[str, tuple[float, int, int]] = {}  # trace → (last touched, lowest, highest new rowid)
+        self._pending: dict[str, _Pending] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hop-follower", daemon=True)
         create_derived(self._db)
-        self.paths = CriticalPathKeeper()  # critical paths, same settle window
         # fetchall, not fetchone: DuckDB 2 refuses a later .sql() on a cursor whose last result was not read to its
         # end, and after a restart this table has a row (every pass after the first restart failed on it)
         rows = self._db.execute("SELECT span_rowid FROM hopscope_hops_watermark").fetchall()
         self._watermark = int(rows[0][0]) if rows else -1
+        if not rows:
+            self._db.execute("INSERT INTO hopscope_hops_watermark VALUES (-1)")
         waiting = self._db.execute("SELECT trace_id, first_rowid, last_rowid FROM hopscope_follower_pending "
                                    "JOIN trace_rowids USING (trace_id)").fetchall()
         restarted = time.monotonic()   # they wait one settle window again: their spans may still be arriving
-        self._pending.update((trace_id, (restarted, low, high)) for trace_id, low, high in waiting)
+        # a trace written before, then made pending again by a late span, looks the same as a new one here: treat
+        # them all as having rows to replace (a restart's pending traces are few)
+        self._pending.update((trace_id, _Pending(restarted, low, high, written=True, new_spans=0))
+                             for trace_id, low, high in waiting)
         self.hops_written = 0
+        self.paths_written = 0
         self.traces_skipped = 0
         self.observe_lag: Callable[[float], None] = lambda seconds: None  # settle → committed, per trace (serve's
         # /metrics); `now` must then be time.monotonic()
         self.pass_traces = 0   # traces the running pass is recomputing (0 between passes): /metrics, shutdown log
+        self._oldest_touched: float | None = restarted if waiting else None  # of the pending traces
+        self.spans_analysed = 0   # new spans of the traces computed (a recomputed trace's old spans not again)
+        # the pace of passes, weighted towards the recent; until the first traces settle, a modest prior (a third of
+        # what one core did on the 2-core CI machine): with none, a settle window of unthrottled ingest queued 18
+        # passes of work before the first pass could measure anything (lag 18 s)
+        self._spans_per_second = INITIAL_SPANS_PER_SECOND
+        self._in_flight: _Batch | None = None
+        self._last_finish = 0.0
+        self._failing = False   # the last pass failed: `behind_seconds` must not hold ingest back for a fault
         self.cut_short_at_stop = False   # the shutdown interrupted a pass (rolled back; the next start redoes it)
 
     def start(self) -> None:
         self._thread.start()
 
     @property
-    def paths_written(self) -> int:
-        return self.paths.paths_written
-
-    @property
     def pending_traces(self) -> int:
         """Traces seen with new spans and not yet recomputed (waiting for their settle window or a pass)."""
         return len(self._pending)
+
+    def behind_seconds(self, now: float, accepted_spans: int) -> float:
+        """How long a settled trace waits for its pass: the oldest one's wait so far, or — when larger — what the
+        `accepted_spans` (acknowledged so far, the caller's count) not yet analysed will wait at the measured pace of
+        passes. 0 while passes fail: a fault is logged and counted, and must not stop ingest. The forecast
+        matters: spans reach a pass through DuckDB's backlog and a discovery, and settle together, so by the time
+        the oldest trace has waited long, many seconds of work are queued behind it."""
+        if self._failing:
+            return 0.0
+        waited = now - self._oldest_touched - self._settle if self._oldest_touched is not None else 0.0
+        forecast = (accepted_spans - self.spans_analysed) / self._spans_per_second - self._settle
+        return max(0.0, waited, forecast)
 
     def stop(self, timeout: float | None = None) -> bool:
         """Ask the thread to stop after its current pass; True once it has (False: still mid-pass at `timeout`)."""
@@ -94,8 +153,10 @@ class HopFollower:
         while not self._stop.wait(0 if busy else self._interval):
             try:
                 # a full batch means more traces are settled and waiting: go again at once instead of idling
-                busy = self.step(time.monotonic()) >= MAX_TRACES_PER_PASS
+                busy = self.step(time.monotonic()) >= MAX_TRACES_PER_PASS or self._in_flight is not None
+                self._failing = False
             except Exception:  # never take the server down; the next pass retries from the watermark
+                self._failing = True
                 if self._stop.is_set():  # interrupted by the shutdown (SpanStore.close_readers): rolled back
                     self.cut_short_at_stop = True
                     log.info("hop follower pass interrupted at shutdown; the next start redoes it")
@@ -106,103 +167,137 @@ class HopFollower:
                 self.pass_traces = 0
 
     def step(self, now: float) -> int:
-        """One pass; returns the number of traces whose hops were recomputed."""
+        """One pass: discover new spans, start the analysis of the settled traces, and write the batch started by
+        the previous pass. With a worker the two overlap — the worker computes batch N+1 while this thread writes
+        batch N, which doubled what analytics keeps up with (measured: serve used 0.9 of the 2 cores with the
+        worker waiting for the writes and the writes for the worker). In this thread, each batch is written at once.
+        Returns the traces whose analysis started."""
         started = time.monotonic()
-        fresh = self._db.sql("SELECT trace_id, min(rowid), max(rowid) FROM spans WHERE rowid > ? "
-                             "GROUP BY trace_id", params=[self._watermark]).to_arrow_table()
+        fresh = self._db.sql("SELECT trace_id, min(rowid) AS low, max(rowid) AS high, count(*) AS spans FROM spans "
+                             "WHERE rowid > ? GROUP BY trace_id", params=[self._watermark]).to_arrow_table()
         if fresh.num_rows:
-            self._remember_rowids(fresh)
-        for trace_id, low, high in zip(*(fresh.column(i).to_pylist() for i in range(3)), strict=True):
-            _, earliest, latest = self._pending.get(trace_id, (now, low, high))
-            self._pending[trace_id] = (now, min(earliest, low), max(latest, high))
-            self._watermark = max(self._watermark, high)
-        settled = [t for t, (touched, _, _) in self._pending.items() if now - touched >= self._settle]
+            self._discover(fresh, now)
+        settled = [t for t, pending in self._pending.items() if now - pending.touched >= self._settle]
         settled = settled[:MAX_TRACES_PER_PASS]
-        self.pass_traces = len(settled)
-        if settled:
-            # a trace that was settled before and got a late span is recomputed whole: from its first rowid
-            first = min(self._first_rowid(settled), min(self._pending[t][1] for t in settled))
-            # The garbage collector is off for the whole recomputation, and back on only once its objects are
-            # freed (when _recompute returns): they are acyclic, and a collection of the hundreds of thousands of
-            # span dicts and rows it makes cost as much as the analytics (a third of a pass, measured).
-            with paused_gc():
-                self._recompute(settled, first, max(self._pending[t][2] for t in settled))
-            ready = now + (time.monotonic() - started)
-            for trace_id in settled:
-                self.observe_lag(ready - self._pending.pop(trace_id)[0] - self._settle)
-        self._db.execute("DELETE FROM hopscope_hops_watermark")
-        self._db.execute("INSERT INTO hopscope_hops_watermark VALUES (?)", [self._watermark])
+        batch = self._start(settled) if settled else None
+        previous, self._in_flight = self._in_flight, None
+        self.pass_traces = len(settled) + (len(previous.traces) if previous else 0)
+        unwritten = [b for b in (previous, batch) if b is not None]
+        try:
+            for finishing in (previous, batch if self._worker is None else None):
+                if finishing is not None:
+                    self._finish(finishing, now, started)
+                    unwritten.remove(finishing)
+        except BaseException:   # what was not written is pending again: the next pass retries it
+            for lost in unwritten:
+                self._restore(lost)
+            raise
+        if self._worker is not None:
+            self._in_flight = batch
+        self._oldest_touched = min((pending.touched for pending in self._pending.values()), default=None)
+        self._db.execute("UPDATE hopscope_hops_watermark SET span_rowid = ?", [self._watermark])
         self.pass_traces = 0
         return len(settled)
 
-    def _remember_rowids(self, fresh: pa.Table) -> None:
-        """Each trace's rowid range, so one trace's spans are read without scanning the table (trace_lookup.py)."""
+    def _start(self, trace_ids: list[str]) -> _Batch:
+        """Take the traces out of `_pending` (they stay in hopscope_follower_pending until written), read their
+        spans and the clock windows around them, and start the analysis."""
+        traces = {trace_id: self._pending.pop(trace_id) for trace_id in trace_ids}
+        rewritten = [t for t, pending in traces.items() if pending.written]
+        new = [t for t, pending in traces.items() if not pending.written]
+        started = time.monotonic()
+        try:
+            spans = pa.concat_tables([self._read(group, traces) for group in (new, rewritten) if group])
+            windows: list[WindowRow] = []
+            if spans.num_rows:
+                low, high = pc.min_max(spans["start_ns"]).values()
+                windows = stored_windows(self._db, low.as_py(), high.as_py())
+            rows = self._worker.submit(spans, windows) if self._worker is not None else \
+                _done(analyse_batch(spans, windows, self._classifier))
+        except BaseException:
+            self._restore(_Batch(traces, rewritten, _done(BatchRows.empty()), started))
+            raise
+        return _Batch(traces, rewritten, rows, started)
+
+    def _restore(self, batch: _Batch) -> None:
+        """Put a batch that was not written back into `_pending`, merged with what came for its traces since."""
+        for trace_id, pending in batch.traces.items():
+            since = self._pending.get(trace_id)
+            if since is not None:
+                pending.touched, pending.written = since.touched, pending.written or since.written
+                pending.first_rowid = min(pending.first_rowid, since.first_rowid)
+                pending.last_rowid = max(pending.last_rowid, since.last_rowid)
+                pending.new_spans += since.new_spans
+            self._pending[trace_id] = pending
+
+    def _finish(self, batch: _Batch, now: float, step_started: float) -> None:
+        """Write a batch's rows, then count it: its lags (on the clock of `now`, the step's), its spans, the pace."""
+        rows = batch.rows.result()
+        for trace_id, what, text in rows.failures:
+            self.traces_skipped += 1
+            log.error("trace %s: its %s could not be computed; skipped (the spans are kept)\n%s", trace_id, what,
+                      text)
+        self._write(list(batch.traces), batch.rewritten, rows)
+        ready = now + (time.monotonic() - step_started)
+        spans = 0
+        for pending in batch.traces.values():
+            spans += pending.new_spans
+            self.observe_lag(ready - pending.touched - self._settle)
+        self.spans_analysed += spans
+        finished = time.monotonic()
+        if spans:   # a small batch understates the pace (fixed costs): it errs towards holding ingest back
+            pace = spans / max(finished - max(batch.started, self._last_finish), 1e-3)
+            self._spans_per_second = 0.7 * self._spans_per_second + 0.3 * pace if self.spans_analysed > spans \
+                else pace
+        self._last_finish = finished
+
+    def _discover(self, fresh: pa.Table, now: float) -> None:
+        """Remember the traces with new spans, each one's rowid range (so one trace is read without scanning the
+        table, trace_lookup.py) and whether it already has rows (it settled before: a late span)."""
         self._db.register("fresh_rowids", fresh)
         try:
-            self._db.execute(_UPSERT_ROWIDS)
+            first_ever = dict(self._db.execute(_UPSERT_ROWIDS).fetchall())
             self._db.execute(_INSERT_PENDING)
         finally:
             self._db.unregister("fresh_rowids")
+        for trace_id, low, high, spans in zip(*(fresh.column(i).to_pylist() for i in range(4)), strict=True):
+            pending = self._pending.get(trace_id)
+            first = first_ever[trace_id]
+            if pending is None:
+                self._pending[trace_id] = _Pending(now, first, high, written=first < low, new_spans=spans)
+            else:
+                pending.touched, pending.first_rowid = now, min(pending.first_rowid, first)
+                pending.last_rowid, pending.new_spans = max(pending.last_rowid, high), pending.new_spans + spans
+            self._watermark = max(self._watermark, high)
 
-    def _first_rowid(self, trace_ids: list[str]) -> int:
-        row = self._db.execute("SELECT min(first_rowid) FROM trace_rowids WHERE trace_id IN "
-                               "(SELECT unnest(?::VARCHAR[]))", [trace_ids]).fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
+    def _read(self, trace_ids: list[str], traces: dict[str, _Pending]) -> pa.Table:
+        first = min(traces[t].first_rowid for t in trace_ids)
+        last = max(traces[t].last_rowid for t in trace_ids)
+        spans: pa.Table = self._db.sql(_SELECT_TRACES, params=[first, last, trace_ids]).to_arrow_table()
+        return spans
 
-    def _recompute(self, trace_ids: list[str], first_rowid: int, last_rowid: int) -> None:
-        rows = self._db.execute(_SELECT_TRACES, [first_rowid, last_rowid, trace_ids]).fetchall()
-        traces: dict[str, list[dict[str, Any]]] = {}
-        for row in rows:
-            span = span_from_row(SPAN_FIELDS, row)
-            traces.setdefault(span["trace_id"], []).append(span)
-        works = {trace_id: TraceWork(spans, self._classifier) for trace_id, spans in traces.items()}
-        hop_rows, bounds = self._analyse(works)
-        fresh_hops = HOPS.arrow_table(hop_rows)
-        start = HOPS.column_names.index("start_ns")
-        minutes = {hop[start] // rollup.MINUTE_NS * rollup.MINUTE_NS for hop in hop_rows}
+    def _write(self, trace_ids: list[str], rewritten: list[str], rows: BatchRows) -> None:
+        minutes = {int(minute) for minute in pc.unique(pc.multiply(pc.divide(rows.hops["start_ns"], rollup.MINUTE_NS),
+                                                                   rollup.MINUTE_NS)).to_pylist() if minute is not None}
         self._db.execute("BEGIN TRANSACTION")
         try:
-            minutes.update(row[0] for row in self._db.execute(  # the minutes of the hops being replaced, too
-                f"SELECT DISTINCT start_ns // {rollup.MINUTE_NS} * {rollup.MINUTE_NS} FROM hops "
-                "WHERE trace_id IN (SELECT unnest(?::VARCHAR[]))", [trace_ids]).fetchall())
-            self._db.execute("DELETE FROM hops WHERE trace_id IN (SELECT unnest(?::VARCHAR[]))", [trace_ids])
-            self._db.execute("DELETE FROM hopscope_follower_pending WHERE trace_id IN (SELECT unnest(?::VARCHAR[]))",
-                             [trace_ids])
-            self._db.register("fresh_hops", fresh_hops)
-            self._db.execute("INSERT INTO hops SELECT * FROM fresh_hops")
-            self._db.unregister("fresh_hops")
+            if rewritten:   # a late span: replace what the trace had, and re-derive the minutes its hops were in
+                minutes.update(row[0] for row in self._db.execute(
+                    f"SELECT DISTINCT start_ns // {rollup.MINUTE_NS} * {rollup.MINUTE_NS} FROM hops WHERE {_IN}",
+                    [rewritten]).fetchall())
+                for table in ("hops", "critical_path", "critical_path_traces"):
+                    self._db.execute(f"DELETE FROM {table} WHERE {_IN}", [rewritten])
+            self._db.execute(f"DELETE FROM hopscope_follower_pending WHERE {_IN}", [trace_ids])
+            for table, fresh in (("hops", rows.hops), ("critical_path", rows.path_sections),
+                                 ("critical_path_traces", rows.path_traces)):
+                self._db.register("fresh_rows", fresh)
+                self._db.execute(f"INSERT INTO {table} SELECT * FROM fresh_rows")
+                self._db.unregister("fresh_rows")
             rollup.refresh_minutes(self._db, sorted(minutes))
-            store_bounds(self._db, bounds)
-            self.paths.update(self._db, {t: works[t] for t in bounds},
-                              on_failure=lambda trace_id: self._skip(trace_id, "critical path"))
+            store_windows(self._db, rows.offsets)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        self.hops_written += len(hop_rows)
-
-    # One trace whose spans break the analytics must not stall every other trace behind it (the settled batch
-    # would fail and be retried forever): it is logged with its id, counted, and left without hops or path. Each
-    # trace's Python work runs before the SQL that uses it: one failed statement would abort the transaction.
-
-    def _analyse(self, works: dict[str, TraceWork]) -> tuple[list[tuple[Any, ...]], dict[str, tuple[int, Any]]]:
-        """Each trace's hop rows, and its clock pairs by (start, bounds) — traces whose pairs failed are left out
-        of the critical paths too (their skew could not be estimated)."""
-        rows: list[tuple[Any, ...]] = []
-        bounds: dict[str, tuple[int, Any]] = {}
-        for trace_id, work in works.items():
-            try:
-                rows += [hop_row(hop) for hop in work.get("hops")]
-            except Exception:
-                self._skip(trace_id, "hops")
-            try:
-                pairs = work.get("pair_bounds")
-                if len(work.trace):
-                    bounds[trace_id] = (min(work.trace.start), pairs)
-            except Exception:
-                self._skip(trace_id, "clock pairs")
-        return rows, bounds
-
-    def _skip(self, trace_id: str, what: str) -> None:
-        self.traces_skipped += 1
-        log.exception("trace %s: its %s could not be computed; skipped (the spans are kept)", trace_id, what)
+        self.hops_written += rows.hops.num_rows
+        self.paths_written += rows.path_traces.num_rows

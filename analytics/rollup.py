@@ -25,13 +25,16 @@ KEYS = "caller, callee, caller_node, callee_node"
 
 # bucket b > 0 holds [1.01^(b-1), 1.01^b) ns; 0 holds 0; negative values mirror the positive ones
 _BUCKET = f"CASE WHEN v = 0 THEN 0 ELSE (sign(v) * (floor(ln(abs(v)) / ln({BUCKET_BASE})) + 1))::INTEGER END"
+# The range on start_ns itself lets DuckDB skip the row groups outside the minutes (zone maps); the expression alone
+# made every refresh scan all of `hops`, a pass's cost growing with the table's age.
+_IN_MINUTES = ("start_ns BETWEEN ? AND ? AND (start_ns // ?) * ? IN (SELECT unnest(?::BIGINT[]))")
 _STATS_INSERT = (f"INSERT INTO hop_rollup_stats SELECT {KEYS}, (start_ns // {MINUTE_NS}) * {MINUTE_NS}, count(*), "
                  "count(*) FILTER (error), " + ", ".join(f"sum({m}_ns)" for m in MEASURES)
-                 + " FROM hops WHERE (start_ns // ?) * ? IN (SELECT unnest(?::BIGINT[])) GROUP BY ALL")
+                 + f" FROM hops WHERE {_IN_MINUTES} GROUP BY ALL")
 _BUCKETS_INSERT = (f"INSERT INTO hop_rollup_buckets SELECT {KEYS}, minute_ns, measure, {_BUCKET} AS bucket, count(*) "
                    f"FROM (UNPIVOT (SELECT {KEYS}, (start_ns // {MINUTE_NS}) * {MINUTE_NS} AS minute_ns, "
                    + ", ".join(f"{m}_ns AS {m}" for m in MEASURES)
-                   + " FROM hops WHERE (start_ns // ?) * ? IN (SELECT unnest(?::BIGINT[]))) "
+                   + f" FROM hops WHERE {_IN_MINUTES}) "
                    f"ON {', '.join(MEASURES)} INTO NAME measure VALUE v) GROUP BY ALL")
 
 
@@ -49,8 +52,9 @@ def refresh_minutes(db: duckdb.DuckDBPyConnection, minutes: list[int]) -> None:
         return
     for table in ("hop_rollup_stats", "hop_rollup_buckets"):
         db.execute(f"DELETE FROM {table} WHERE minute_ns IN (SELECT unnest(?::BIGINT[]))", [minutes])
-    db.execute(_STATS_INSERT, [MINUTE_NS, MINUTE_NS, minutes])
-    db.execute(_BUCKETS_INSERT, [MINUTE_NS, MINUTE_NS, minutes])
+    within = [min(minutes), max(minutes) + MINUTE_NS - 1, MINUTE_NS, MINUTE_NS, minutes]
+    db.execute(_STATS_INSERT, within)
+    db.execute(_BUCKETS_INSERT, within)
 
 
 def rollup_groups(db: duckdb.DuckDBPyConnection, low_ns: int, high_ns: int, keys: tuple[str, ...],

@@ -74,7 +74,7 @@ def on_stored_offsets(db: duckdb.DuckDBPyConnection, work: TraceWork) -> TraceWo
     """The work, its clocks to be corrected by the stored estimates around its start and its own pairs."""
     if len(work.get("trace")):
         start = min(work.trace.start)
-        offsets = OffsetWindows(db, start, start).at(start)
+        offsets = OffsetWindows.read(db, start, start).at(start)
         offsets.add(work.get("pair_bounds"))
         work.offsets = offsets
     return work

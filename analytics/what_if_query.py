@@ -121,7 +121,7 @@ def projected(db: duckdb.DuckDBPyConnection, classifier: Classifier, component: 
     filters = endpoint_filters(low, high, service, operation)
     total = db.execute(COUNT, filters).fetchall()[0][0]
     ids, over_budget = _within_budget(db.execute(_SAMPLE, [*filters, max_traces]).fetchall(), max_spans)
-    windows = OffsetWindows(db, low, high)
+    windows = OffsetWindows.read(db, low, high)
 
     def removed(segment: Segment) -> bool:
         return segment.component == component and (component_service is None or segment.service == component_service)

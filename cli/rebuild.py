@@ -34,7 +34,7 @@ def run_rebuild(arguments: argparse.Namespace) -> int:
         while follower.step(1e9):
             print(f"rebuild: {follower.hops_written:,} hops ({time.monotonic() - started:.0f} s)", flush=True)
         store.checkpoint()
-        print(f"rebuild: done, {follower.hops_written:,} hops and {follower.paths.paths_written:,} critical paths "
+        print(f"rebuild: done, {follower.hops_written:,} hops and {follower.paths_written:,} critical paths "
               f"in {time.monotonic() - started:.1f} s")
     finally:
         store.close()

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import uvicorn
 
 from hopscope.analytics import trace_accelerator
+from hopscope.analytics.batch import AnalyticsWorker
 from hopscope.analytics.classify import Classifier, classifier_of
 from hopscope.analytics.follower import HopFollower
 from hopscope.api import build_api
@@ -100,7 +101,8 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
     metrics.watch_database_size(store.size_bytes)
     pipeline = IngestPipeline(store, PipelineConfig(
         spool_dir=default_spool_dir(settings.db), workers=settings.workers,
-        max_inflight_bytes=settings.max_inflight_bytes, max_backlog_seconds=settings.max_backlog_seconds), metrics)
+        max_inflight_bytes=settings.max_inflight_bytes, max_backlog_seconds=settings.max_backlog_seconds,
+        max_analytics_lag_seconds=settings.max_analytics_lag_seconds), metrics)
     try:
         sockets = {name: _listen(settings.host, port) for name, port in
                    (("http", settings.http_port), ("api", settings.api_port))}
@@ -120,8 +122,10 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
     exposed = not _is_loopback(settings.host)
     api = _http_server(build_api(lambda: pipeline.ready, metrics, store.cursor, classifier, settings.sql_token,
                                  exposed))
-    follower = HopFollower(store.cursor, classifier, settings.settle_seconds)
+    analytics_worker = AnalyticsWorker(classifier)
+    follower = HopFollower(store.cursor, classifier, settings.settle_seconds, worker=analytics_worker)
     follower.observe_lag = metrics.watch_follower(follower)
+    pipeline.watch_analytics(lambda accepted: follower.behind_seconds(time.monotonic(), accepted))
     metrics.watch_counts("hopscope_analytics_fallbacks", "Calls of an analytics step whose compiled form handed "
                          "back to the readable one (input it did not expect)", "step",
                          lambda: trace_accelerator.FALLBACKS)
@@ -162,6 +166,7 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
     if not follower_done:
         await asyncio.to_thread(follower.stop, FOLLOWER_GRACE_SECONDS)  # its interrupted pass has returned
     await api_task
+    analytics_worker.close()
     follower_state = ("mid-pass, cut short" if follower.cut_short_at_stop else "mid-pass, finished it") \
         if mid_pass else "idle"
     log.info("hop follower stopped (%s); %d API/follower database call(s) interrupted; after %.1f s",

@@ -4,6 +4,7 @@
     ├── RetryableError          the client should send the same payload again later
     │   ├── Overloaded          the in-flight budget is spent          UNAVAILABLE + RetryInfo   / 503 + Retry-After
     │   ├── BacklogFull         DuckDB is behind the acknowledgements  UNAVAILABLE + RetryInfo   / 503 + Retry-After
+    │   ├── AnalyticsBehind     settled traces wait too long for hops  UNAVAILABLE + RetryInfo   / 503 + Retry-After
     │   ├── StorageUnavailable  the spool cannot be written             UNAVAILABLE + RetryInfo   / 503 + Retry-After
     │   └── ShuttingDown        the server is draining                  UNAVAILABLE + RetryInfo   / 503 + Retry-After
     └── PermanentError          the same payload can never succeed
@@ -54,6 +55,10 @@ class Overloaded(RetryableError):
 
 class BacklogFull(RetryableError):
     reason = "backlog_full"
+
+
+class AnalyticsBehind(RetryableError):
+    reason = "analytics_behind"
 
 
 class StorageUnavailable(RetryableError):

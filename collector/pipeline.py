@@ -18,8 +18,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import multiprocessing
-import os
 import shutil
 import tempfile
 import threading
@@ -32,9 +30,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from hopscope.collector.backlog import Backlog, BytesPerSpan
+from hopscope.collector.backlog import MAX_RETRY_SECONDS, MIN_RETRY_SECONDS, Backlog, BytesPerSpan
 from hopscope.collector.columns import flatten_spool_range, requests_to_record_batch
-from hopscope.collector.errors import Overloaded, ShuttingDown
+from hopscope.collector.errors import AnalyticsBehind, Overloaded, ShuttingDown
 from hopscope.collector.metrics import IngestMetrics
 from hopscope.collector.spool import (
     SpoolRecord,
@@ -46,11 +44,11 @@ from hopscope.collector.spool import (
 )
 from hopscope.collector.store import SpanStore
 from hopscope.collector.validation import ValidatedExport
+from hopscope.worker_pool import new_worker_pool
 
 log = logging.getLogger("hopscope.collector")
 
 TASK_SPANS = 8_192  # records per worker task: small enough to spread one cycle over the workers
-PARENT_CHECK_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -59,6 +57,7 @@ class PipelineConfig:
     workers: int
     max_inflight_bytes: int
     max_backlog_seconds: float
+    max_analytics_lag_seconds: float = 0.0  # 0: analytics never holds ingest back
 
 
 @dataclass
@@ -71,24 +70,6 @@ class _Cycle:
         return sum(record.spans for record in self.records)
 
 
-def _worker_init(parent_pid: int) -> None:
-    """Tie the worker's life to the serve process, and turn off the cyclic GC for the flattening."""
-    import gc
-
-    # If serve is SIGKILLed, its workers must not linger holding its pipes and the spool: a worker whose parent is
-    # gone exits within PARENT_CHECK_SECONDS. Not PR_SET_PDEATHSIG: Linux sends that when the *thread* that spawned
-    # the worker ends — the applier thread, at every shutdown — and a worker killed while it waits on the call
-    # queue dies holding the queue's lock, so the other workers and serve's exit, which joins them, wait for ever
-    # (a hang at 1 stop in 5, seen with faulthandler: the last worker blocked in call_queue.get()).
-    def exit_with_the_parent() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(PARENT_CHECK_SECONDS)
-        os._exit(1)
-
-    threading.Thread(target=exit_with_the_parent, name="exit-with-serve", daemon=True).start()
-    gc.disable()  # the flattening makes millions of short-lived objects and no cycles; GC passes cost ~30 %
-
-
 class IngestPipeline:
     def __init__(self, store: SpanStore, config: PipelineConfig, metrics: IngestMetrics) -> None:
         self._store = store
@@ -99,6 +80,8 @@ class IngestPipeline:
         self._spool_dir.mkdir(parents=True, exist_ok=True)
         self._backlog = Backlog(config.max_backlog_seconds)
         self._bytes_per_span: dict[str, BytesPerSpan] = {}  # by request encoding
+        self._analytics_behind: Callable[[int], float] = lambda accepted: 0.0
+        self._accepted_spans = 0   # since start, replayed ones included: what analytics has to get through
         self._inflight_bytes = 0
         self._accepting = False
         self._pool = self._new_pool()
@@ -120,6 +103,7 @@ class IngestPipeline:
             first_segment = max(first_segment, watermark[0] + 1)
         self._spool = SpoolWriter(self._spool_dir, first_segment, self._backlog.add)
         replay_spans = sum(record.spans for record in replay)
+        self._accepted_spans += replay_spans
         if replay:
             self._backlog.reserve(replay_spans)
             self._backlog.add(replay)
@@ -178,6 +162,7 @@ class IngestPipeline:
                              f"{self._config.max_inflight_bytes}); retry shortly")
         size = self._bytes_per_span.setdefault(encoding, BytesPerSpan())
         self._backlog.check(size.spans_in(body_size))
+        self._check_analytics()
         self._inflight_bytes += body_size
         try:
             validated = await decode()
@@ -188,6 +173,7 @@ class IngestPipeline:
                     started = time.perf_counter()
                     await asyncio.wrap_future(self._spool.append(validated.payload, validated.accepted_spans))
                     self._metrics.fsync_seconds.observe(time.perf_counter() - started)
+                    self._accepted_spans += validated.accepted_spans
                 except BaseException:
                     self._backlog.release(validated.accepted_spans)
                     raise
@@ -195,12 +181,26 @@ class IngestPipeline:
         finally:
             self._inflight_bytes -= body_size
 
+    def watch_analytics(self, behind_seconds: Callable[[int], float]) -> None:
+        """How long settled traces wait for their hops, given the spans accepted so far (serve wires the follower
+        in: the collector knows no analytics)."""
+        self._analytics_behind = behind_seconds
+
+    def _check_analytics(self) -> None:
+        """Refuse while analytics is further behind than allowed: accepting at a rate it cannot follow only grows
+        the wait for every trace after (measured: 118 s after a minute flat out). The delay asked of the client is
+        the excess, within the backlog's bounds."""
+        limit = self._config.max_analytics_lag_seconds
+        behind = self._analytics_behind(self._accepted_spans)
+        if limit and behind > limit:
+            wait = min(MAX_RETRY_SECONDS, max(MIN_RETRY_SECONDS, behind - limit))
+            raise AnalyticsBehind(f"analytics is {behind:.1f} s behind (limit {limit:g} s); retry in {wait:.2f} s",
+                                  retry_after_seconds=wait)
+
     # ---- the applier ------------------------------------------------------------------------------------------
 
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
-        return concurrent.futures.ProcessPoolExecutor(
-            max_workers=self._config.workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_worker_init, initargs=(os.getpid(),))
+        return new_worker_pool(self._config.workers)
 
     def _apply_loop(self) -> None:
         in_flight: deque[_Cycle] = deque()

@@ -62,6 +62,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("settle_seconds", float, 6.0,
             "quiet time after a trace's last span before its hops are computed (Envoy flushes spans every 5 s); "
             "a late span recomputes them", lambda v: 0 <= v <= 3600, "seconds from 0 to 3600"),
+    Setting("max_analytics_lag_seconds", float, 1.0,
+            "how long a settled trace may wait for its hops and critical path; beyond it Exports are refused "
+            "(retryable) until analytics catches up, so ingest never outruns it. 0: never refuse for analytics "
+            "(it falls behind under overload and catches up later)", lambda v: 0 <= v <= 3600,
+            "seconds from 0 to 3600"),
     Setting("sql_token", str, "",
             "bearer token that POST /api/v1/sql requires; when --host is not a loopback address the SQL endpoint "
             "stays closed until one is set"),
@@ -86,6 +91,7 @@ class Settings:
     max_inflight_mib: float
     max_backlog_seconds: float
     settle_seconds: float
+    max_analytics_lag_seconds: float
     sql_token: str
     workers: int
     rules: str

@@ -59,16 +59,29 @@ class RawExporter:
 class UniqueRequests:
     """Sends of one encoded request with fresh trace ids each time, cheaply: the byte offsets of each trace id are
     found once, and a per-send counter is written there, so (trace_id, span_id) stays unique across a whole run
-    without encoding the request again."""
+    without encoding the request again.
 
-    def __init__(self, encoded: bytes, stream_id: int) -> None:
+    With `retime`, every send is also moved in time so that its earliest span starts now (relative timing kept):
+    traffic replayed for minutes then looks like traffic of those minutes — per-minute rollups, time-ordered row
+    groups — not like one instant sent again and again."""
+
+    _START_TAG, _END_TAG = b"\x39", b"\x41"  # Span fields 7 and 8, fixed64: tag byte, then 8 bytes little-endian
+
+    def __init__(self, encoded: bytes, stream_id: int, retime: bool = False) -> None:
         request = ExportTraceServiceRequest.FromString(encoded)
         self._buffer = bytearray(encoded)
         self._offsets: list[int] = []
+        self._times: list[tuple[int, int]] = []  # (offset of the 8 bytes, the time there as built)
         for span in (span for rs in request.resource_spans for ss in rs.scope_spans for span in ss.spans):
             # each span's own copy of its trace id (spans are encoded in order): searching from the start would
             # find the trace's first span every time, and split a many-span trace into a fresh id and a stale one
-            self._offsets.append(encoded.find(span.trace_id, self._offsets[-1] + 1 if self._offsets else 0))
+            at = encoded.find(span.trace_id, self._offsets[-1] + 1 if self._offsets else 0)
+            self._offsets.append(at)
+            if retime:
+                for tag, value in ((self._START_TAG, span.start_time_unix_nano),
+                                   (self._END_TAG, span.end_time_unix_nano)):
+                    self._times.append((encoded.find(tag + struct.pack("<Q", value), at) + 1, value))
+        self._earliest = min((value for _, value in self._times), default=0)
         self.spans = len(self._offsets)
         self._stream = stream_id
         self._sends = 0
@@ -78,6 +91,10 @@ class UniqueRequests:
         stamp = struct.pack("<II", self._stream, self._sends)
         for offset in self._offsets:
             self._buffer[offset: offset + 8] = stamp
+        if self._times:
+            shift = time.time_ns() - self._earliest
+            for offset, value in self._times:
+                struct.pack_into("<Q", self._buffer, offset, value + shift)
         return bytes(self._buffer)
 
 
@@ -91,42 +108,51 @@ class StreamResult:
 RequestFactory = Callable[[int, int], bytes]  # (spans, seed) → an encoded request; must be importable (spawn)
 
 
+@dataclass(frozen=True)
+class LoadShape:
+    """How the senders behave: resend a refused payload after the RetryInfo delay or at once; move every send to
+    the present (UniqueRequests' `retime`)."""
+
+    honour_retry_info: bool = True
+    retime: bool = False
+
+
 def _stream(target: str, build: RequestFactory, stream_id: int, spans: int, start_at: float,
-            window: tuple[float, float], interval: float, result: StreamResult) -> None:
-    requests = UniqueRequests(build(spans, stream_id), stream_id)
+            window: tuple[float, float], interval: float, shape: LoadShape, result: StreamResult) -> None:
+    requests = UniqueRequests(build(spans, stream_id), stream_id, shape.retime)
     channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
     export = channel.unary_unary(EXPORT_METHOD)
     next_send = start_at
-    while True:
-        now = time.time()
-        if now >= window[1]:
-            break
+    while time.time() < window[1]:
         if interval:
-            if now < next_send:
-                time.sleep(next_send - now)
+            if time.time() < next_send:
+                time.sleep(next_send - time.time())
             next_send += interval
         payload = requests.next()
-        sent = time.time()
-        try:
-            export(payload, timeout=30)
-        except grpc.RpcError as error:
-            result.refused += 1
-            if error.code() == grpc.StatusCode.UNAVAILABLE:
-                time.sleep(retry_delay(error))
-            continue
-        done = time.time()
-        if window[0] <= sent and done <= window[1]:
-            result.acked_spans += requests.spans
-            result.latencies.append(done - sent)
+        while (sent := time.time()) < window[1]:  # a refused payload is sent again, as exporters do
+            try:
+                export(payload, timeout=30)
+            except grpc.RpcError as error:
+                result.refused += 1
+                if error.code() != grpc.StatusCode.UNAVAILABLE:
+                    break
+                if shape.honour_retry_info:
+                    time.sleep(retry_delay(error))
+                continue
+            done = time.time()
+            if window[0] <= sent and done <= window[1]:
+                result.acked_spans += requests.spans
+                result.latencies.append(done - sent)
+            break
     channel.close()
 
 
 def _process(target: str, build: RequestFactory, first_stream: int, streams: int, spans: int, start_at: float,
-             window: tuple[float, float], interval: float, queue: multiprocessing.Queue) -> None:
+             window: tuple[float, float], interval: float, shape: LoadShape, queue: multiprocessing.Queue) -> None:
     results = [StreamResult() for _ in range(streams)]
     threads = [threading.Thread(target=_stream, args=(target, build, first_stream + i, spans,
                                                       start_at + i * interval / max(streams, 1), window, interval,
-                                                      results[i])) for i in range(streams)]
+                                                      shape, results[i])) for i in range(streams)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -136,18 +162,24 @@ def _process(target: str, build: RequestFactory, first_stream: int, streams: int
 
 
 def run_load(target: str, build: RequestFactory, processes: int, streams: int, spans_per_request: int, warmup: float,
-             seconds: float, rate: float | None = None) -> tuple[int, int, list[float], tuple[float, float]]:
+             seconds: float, rate: float | None = None, shape: LoadShape = LoadShape(),
+             start_at: float | None = None) -> tuple[int, int, list[float], tuple[float, float]]:
     """Run the load (flat out, or paced to `rate` spans/s) from `processes` × `streams` senders; returns
-    (acked spans in the window, refusals, Export latencies in the window, (window start, end))."""
+    (acked spans in the window, refusals, Export latencies in the window, (window start, end)).
+
+    A refused (UNAVAILABLE) payload is sent again: after the server's RetryInfo delay, or — with `shape`'s
+    `honour_retry_info` False, as many SDKs and agents that back off poorly do — at once. The senders start at
+    `start_at` (time.time(); default: in 2 s, once the processes have imported and connected), the window
+    `warmup` seconds later."""
     context = multiprocessing.get_context("spawn")
     queue: multiprocessing.Queue = context.Queue()
     total_streams = processes * streams
     interval = spans_per_request * total_streams / rate if rate else 0.0
-    start_at = time.time() + 2.0  # let the processes import and connect
+    start_at = start_at or time.time() + 2.0
     window = (start_at + warmup, start_at + warmup + seconds)
     workers = [context.Process(target=_process, args=(target, build, p * streams, streams, spans_per_request,
                                                       start_at + p * interval / max(processes, 1), window, interval,
-                                                      queue)) for p in range(processes)]
+                                                      shape, queue)) for p in range(processes)]
     for worker in workers:
         worker.start()
     acked, refused, latencies = 0, 0, []

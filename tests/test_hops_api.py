@@ -247,3 +247,5 @@ def test_a_late_span_updates_its_hop(start_serve: Callable[..., ServeProcess]) -
         [SimulatedRequest(request.trace_id, [late], [])]).SerializeToString())
     exporter.close()
     assert hop_row(truth.app_us * 1000)[1] == truth.proxy_inbound_us * 1000
+    rows = httpx.post(f"{server.api_url}/api/v1/sql", json=query).json()["rows"]
+    assert len(rows) == 1, f"the late span's recomputation left the old hop beside the new one: {rows}"

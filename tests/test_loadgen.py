@@ -3,6 +3,7 @@ window is in DuckDB (a paced run, so the window holds the whole run)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,3 +48,17 @@ def test_every_send_gets_fresh_trace_ids_and_keeps_each_trace_whole() -> None:
 
 def _spans(request: ExportTraceServiceRequest) -> list[Span]:
     return [span for rs in request.resource_spans for ss in rs.scope_spans for span in ss.spans]
+
+
+def test_retimed_sends_start_now_and_keep_every_span_where_it_was_relative_to_the_others() -> None:
+    encoded = simulated_request(300, seed=4)
+    original = _spans(ExportTraceServiceRequest.FromString(encoded))
+    earliest = min(span.start_time_unix_nano for span in original)
+    before = time.time_ns()
+    sent = _spans(ExportTraceServiceRequest.FromString(UniqueRequests(encoded, 1, retime=True).next()))
+    shift = min(span.start_time_unix_nano for span in sent) - earliest
+    assert before - earliest <= shift <= time.time_ns() - earliest
+    for old, new in zip(original, sent, strict=True):
+        assert new.start_time_unix_nano - old.start_time_unix_nano == shift
+        assert new.end_time_unix_nano - old.end_time_unix_nano == shift
+        assert (new.name, new.span_id, list(new.attributes)) == (old.name, old.span_id, list(old.attributes))

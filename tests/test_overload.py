@@ -6,13 +6,18 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import httpx
+import pytest
 from google.rpc import status_pb2
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from hopscope.instrumentation.loadgen import RawExporter
+from hopscope.instrumentation.meshsim.runner import simulated_request
 from hopscope.serve_process import ServeProcess
 from tests.conftest import count_spans
 from tests.otlp_requests import EXPORT_METHOD, request_with, retry_info
@@ -70,16 +75,17 @@ def test_a_full_backlog_is_refused_with_a_retry_delay_over_http(start_serve: Cal
     assert count_spans(tmp_path / "spans.duckdb") == 20_000 * len(accepted)
 
 
-def _flattening_workers(server: ServeProcess) -> list[int]:
-    """The serve process's children (its flattening workers and multiprocessing's helper)."""
+def _children(server: ServeProcess) -> list[int]:
+    """The serve process's children (its worker processes and multiprocessing's helper), oldest first."""
     children = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == server.pid:
-                children.append(int(stat.parent.name))
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == server.pid:
+                children.append((int(fields[19]), int(stat.parent.name)))  # (start time, pid)
         except (OSError, ValueError):
             continue
-    return children
+    return [pid for _, pid in sorted(children)]
 
 
 def test_a_full_backlog_refuses_before_decoding(start_serve: Callable[..., ServeProcess], tmp_path: Path) -> None:
@@ -87,7 +93,7 @@ def test_a_full_backlog_refuses_before_decoding(start_serve: Callable[..., Serve
     full, an undecodable body is refused as retryable (UNAVAILABLE, RetryInfo), not rejected as malformed — the
     server did not look at it — and a valid request is refused the same way and not stored."""
     server = start_serve("--max-backlog-seconds", "0.001")  # the floor of the bound: 81,920 spans
-    workers = _flattening_workers(server)
+    workers = _children(server)
     assert workers
     for pid in workers:
         os.kill(pid, signal.SIGSTOP)   # nothing gets stored: the backlog stays where the requests put it
@@ -108,3 +114,58 @@ def test_a_full_backlog_refuses_before_decoding(start_serve: Callable[..., Serve
             os.kill(pid, signal.SIGCONT)
     assert server.stop(timeout=30) == 0
     assert count_spans(tmp_path / "spans.duckdb") == 100_000
+
+
+def _metric(server: ServeProcess, sample: str) -> float:
+    page = httpx.get(f"{server.api_url}/metrics", timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in page.splitlines() if line.startswith(sample))
+
+
+@pytest.mark.parametrize("limit", ["1", "0"])
+def test_ingest_is_held_back_while_analytics_cannot_keep_up(limit: str, start_serve: Callable[..., ServeProcess],
+                                                             tmp_path: Path) -> None:
+    """The analytics worker is stopped (SIGSTOP): with a lag limit, Exports are soon refused as retryable, saying
+    analytics is behind, and accepted again once it resumes; with 0, analytics never holds ingest back. Nothing
+    acknowledged is lost either way."""
+    server = start_serve("--settle-seconds", "0", "--max-analytics-lag-seconds", limit)
+    exporter = RawExporter(server.grpc_target)
+    first = simulated_request(50, seed=1)
+    assert exporter.export(first)
+    deadline = time.monotonic() + 30
+    while _metric(server, "hopscope_critical_paths_written_total") == 0:
+        assert time.monotonic() < deadline, "no critical path was written: the analytics worker never ran"
+        time.sleep(0.1)
+    analytics_worker = _children(server)[-1]   # spawned at the first analysis, after the flattening workers
+    os.kill(analytics_worker, signal.SIGSTOP)
+    acked, refusal = _span_count(first), None
+    try:
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            export = channel.unary_unary(EXPORT_METHOD)
+            for seed in range(2, 120):   # ~500 spans each: far past any limit, however fast this machine
+                body = simulated_request(500, seed=seed)
+                try:
+                    export(body, timeout=30)
+                    acked += _span_count(body)
+                except grpc.RpcError as error:
+                    refusal = error
+                    break
+    finally:
+        os.kill(analytics_worker, signal.SIGCONT)
+    if limit == "0":
+        assert refusal is None, refusal.details() if refusal else ""
+    else:
+        assert refusal is not None, "analytics was stopped, yet ingest was never held back"
+        assert refusal.code() == grpc.StatusCode.UNAVAILABLE and retry_info(refusal) is not None
+        assert "analytics is" in refusal.details() and "behind" in refusal.details()
+        assert _metric(server, 'hopscope_export_requests_refused_total{reason="analytics_behind"}') >= 1
+        last = simulated_request(50, seed=999)
+        assert exporter.export(last), "not accepted again once analytics resumed"
+        acked += _span_count(last)
+    exporter.close()
+    assert server.stop(timeout=60) == 0
+    assert count_spans(tmp_path / "spans.duckdb") == acked
+
+
+def _span_count(body: bytes) -> int:
+    request = ExportTraceServiceRequest.FromString(body)
+    return sum(len(scope.spans) for resource in request.resource_spans for scope in resource.scope_spans)

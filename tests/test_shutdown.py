@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import grpc
 import httpx
 import pyarrow as pa
 import pytest
@@ -28,11 +27,12 @@ from hopscope.analytics.classify import Classifier
 from hopscope.analytics.follower import HopFollower
 from hopscope.collector.columns import requests_to_record_batch
 from hopscope.collector.store import SpanStore
+from hopscope.instrumentation.loadgen import RawExporter
 from hopscope.instrumentation.meshsim import MeshSimulator, Options, load_topology
 from hopscope.instrumentation.meshsim.encode import Encoder
 from hopscope.serve_process import ServeProcess
 from tests.conftest import count_spans
-from tests.otlp_requests import EXPORT_METHOD, request_with
+from tests.otlp_requests import request_with
 
 ROUNDS = 50
 # Even rounds: single-span traces, two short follower passes (MAX_TRACES_PER_PASS = 2,000). Odd rounds: simulated
@@ -68,11 +68,14 @@ def _requests(round_number: int) -> list[ExportTraceServiceRequest]:
 
 
 def _export(server: ServeProcess, requests: list[ExportTraceServiceRequest]) -> tuple[int, int]:
-    """Acknowledged spans and traces."""
-    with grpc.insecure_channel(server.grpc_target) as channel:
-        export = channel.unary_unary(EXPORT_METHOD)
+    """Acknowledged spans and traces. Sent as exporters do: a refusal (analytics behind) is retried after its
+    RetryInfo delay."""
+    exporter = RawExporter(server.grpc_target)
+    try:
         for request in requests:
-            export(request.SerializeToString(), timeout=30)
+            assert exporter.export(request.SerializeToString())
+    finally:
+        exporter.close()
     spans = [span for request in requests for resource in request.resource_spans for scope in resource.scope_spans
              for span in scope.spans]
     return len(spans), len({span.trace_id for span in spans})

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from hopscope.analytics.classify import Classifier
-from hopscope.analytics.clock_offsets import WINDOW_NS, OffsetWindows, store_bounds
+from hopscope.analytics.clock_offsets import WINDOW_NS, OffsetWindows, store_windows, window_rows
 from hopscope.analytics.pipeline import TraceWork
-from hopscope.analytics.schema import create_derived
+from hopscope.analytics.schema import CLOCK_OFFSETS, create_derived
 from hopscope.analytics.skew import ClockOffsets
 from hopscope.analytics.trace_lookup import span_from_row
 from hopscope.analytics.trace_path import TracePath
@@ -151,12 +151,13 @@ def test_a_drifting_clock_is_followed_window_by_window() -> None:
         simulator = MeshSimulator(topology, seed=4, options=Options(spawn_upstream_span=True))
         batch = [simulator.request(start_us + i * 40_000) for i in range(60)]
         works = [TraceWork(spans, Classifier()) for spans in _by_trace(batch, topology).values()]
-        store_bounds(db, {w.get("trace").trace_id: (min(w.trace.start), w.get("pair_bounds")) for w in works})
+        store_windows(db, CLOCK_OFFSETS.arrow_table(window_rows(
+            {w.get("trace").trace_id: (min(w.trace.start), w.get("pair_bounds")) for w in works})))
         truths.append({node: offset * US for node, offset in topology.node_offsets_us.items()})
         topology.node_offsets_us["node-b"] += 3_000   # the drift, before the second window's traffic
     assert starts_us[1] * 1000 // WINDOW_NS != starts_us[0] * 1000 // WINDOW_NS
     for start_us, truth in zip(starts_us, truths, strict=True):
-        offsets = OffsetWindows(db, start_us * 1000, start_us * 1000).at(start_us * 1000)
+        offsets = OffsetWindows.read(db, start_us * 1000, start_us * 1000).at(start_us * 1000)
         bounds = offsets.bounds[("node-a", "node-b")] if ("node-a", "node-b") in offsets.bounds else None
         assert bounds is not None and bounds.consistent, bounds
         true_delta = truth["node-b"] - truth["node-a"]

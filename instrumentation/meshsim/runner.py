@@ -102,13 +102,14 @@ class SimulationRun:
             self._raw.close()
 
 
-def simulated_request(spans: int, seed: int) -> bytes:
-    """An encoded Export of about `spans` spans of simulated Bookinfo traffic: a request factory for
-    loadgen.run_load (module-level, so spawned load processes can import it)."""
+def simulated_request(spans: int, seed: int, upstream_spans: bool = False) -> bytes:
+    """An encoded Export of about `spans` spans of simulated Bookinfo traffic, whole traces (with Envoy's upstream
+    spans or not): a request factory for loadgen.run_load (module-level, so spawned load processes can import it;
+    functools.partial for `upstream_spans`)."""
     from hopscope.instrumentation.meshsim.topology import load_topology
 
     topology = load_topology("bookinfo")
-    simulator = MeshSimulator(topology, seed)
+    simulator = MeshSimulator(topology, seed, options=Options(spawn_upstream_span=upstream_spans))
     batch: list[SimulatedRequest] = []
     while sum(len(r.spans) for r in batch) < spans:
         batch.append(simulator.request(1_795_672_246_000_000 + len(batch) * 25_000))
