@@ -137,7 +137,8 @@ class OtlpHttpApp:
         body = status.SerializeToString() if media == PROTOBUF else json_format.MessageToJson(status).encode()
         extra = []
         if error.retry_after_seconds is not None:
-            extra.append((b"retry-after", str(math.ceil(error.retry_after_seconds)).encode()))
+            # whole seconds, at least one (after a hold the delay left may be 0: a plain "retry now" is not sent)
+            extra.append((b"retry-after", str(max(1, math.ceil(error.retry_after_seconds))).encode()))
         if isinstance(error, MethodNotAllowed):
             extra.append((b"allow", b"POST"))
         await _respond(send, error.http_status, media, body, extra)

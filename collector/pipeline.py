@@ -32,8 +32,9 @@ import pyarrow as pa
 
 from hopscope.collector.backlog import MAX_RETRY_SECONDS, MIN_RETRY_SECONDS, Backlog, BytesPerSpan
 from hopscope.collector.columns import flatten_spool_range, requests_to_record_batch
-from hopscope.collector.errors import AnalyticsBehind, Overloaded, ShuttingDown
+from hopscope.collector.errors import AnalyticsBehind, Overloaded, RetryableError, ShuttingDown
 from hopscope.collector.metrics import IngestMetrics
+from hopscope.collector.refusal_hold import RefusalHold
 from hopscope.collector.spool import (
     SpoolRecord,
     SpoolWriter,
@@ -81,6 +82,7 @@ class IngestPipeline:
         self._backlog = Backlog(config.max_backlog_seconds)
         self._bytes_per_span: dict[str, BytesPerSpan] = {}  # by request encoding
         self._analytics_behind: Callable[[int], float] = lambda accepted: 0.0
+        self._hold = RefusalHold(config.max_inflight_bytes // 2)
         self._accepted_spans = 0   # since start, replayed ones included: what analytics has to get through
         self._inflight_bytes = 0
         self._accepting = False
@@ -91,6 +93,7 @@ class IngestPipeline:
         metrics.backlog_spans.set_function(lambda: self._backlog.unstored_spans)
         metrics.backlog_limit_spans.set_function(lambda: self._backlog.limit_spans)
         metrics.inflight_bytes.set_function(lambda: self._inflight_bytes)
+        metrics.held_bytes.set_function(lambda: self._hold.held_bytes)
 
     # ---- life cycle -------------------------------------------------------------------------------------------
 
@@ -157,12 +160,16 @@ class IngestPipeline:
         the exact count reserves after the decode (which may still refuse, near the limit)."""
         if not self._accepting or self._spool is None:
             raise ShuttingDown("hopscope is shutting down; retry against the restarted server")
-        if self._inflight_bytes and self._inflight_bytes + body_size > self._config.max_inflight_bytes:
-            raise Overloaded(f"{self._inflight_bytes} request bytes already in flight (limit "
-                             f"{self._config.max_inflight_bytes}); retry shortly")
         size = self._bytes_per_span.setdefault(encoding, BytesPerSpan())
-        self._backlog.check(size.spans_in(body_size))
-        self._check_analytics()
+        try:
+            if self._inflight_bytes and self._inflight_bytes + body_size > self._config.max_inflight_bytes:
+                raise Overloaded(f"{self._inflight_bytes} request bytes already in flight (limit "
+                                 f"{self._config.max_inflight_bytes}); retry shortly")
+            self._backlog.check(size.spans_in(body_size))
+            self._check_analytics()
+        except RetryableError as refusal:
+            await self._hold.before_answering(refusal, body_size)
+            raise
         self._inflight_bytes += body_size
         try:
             validated = await decode()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -109,6 +110,18 @@ def test_a_full_backlog_refuses_before_decoding(start_serve: Callable[..., Serve
         garbage = httpx.post(server.http_url, content=b"{not json", timeout=30,
                              headers={"content-type": "application/json"})
         assert garbage.status_code == 503 and int(garbage.headers["retry-after"]) >= 1
+        # a client that resends at once still waits as asked: the answer is held for the delay (up to 1 s) and
+        # the RetryInfo it carries is what is left of it
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            sent = time.monotonic()
+            with pytest.raises(grpc.RpcError) as refused:
+                channel.unary_unary(EXPORT_METHOD)(request_with(10).SerializeToString(), timeout=30)
+            waited = time.monotonic() - sent
+        asked = float(re.search(r"retry in ([0-9.]+) s", refused.value.details()).group(1))
+        info = retry_info(refused.value)
+        left = info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+        assert waited >= min(asked, 1.0) - 0.01, (waited, asked)
+        assert left == pytest.approx(max(0.0, asked - 1.0), abs=0.01)
     finally:
         for pid in workers:
             os.kill(pid, signal.SIGCONT)
