@@ -14,11 +14,12 @@ from collections.abc import Mapping
 import duckdb
 import pyarrow as pa
 
+from hopscope.analytics.schema import CLOCK_OFFSETS
 from hopscope.analytics.skew import ClockOffsets, PairBounds
 
 WINDOW_NS = 600 * 10**9
 REACH_NS = 1800 * 10**9  # a trace uses, per domain pair, the nearest window within this of its own start
-_UPSERT = """INSERT INTO clock_offsets SELECT * FROM fresh_offsets ON CONFLICT DO UPDATE
+_UPSERT = f"""INSERT INTO {CLOCK_OFFSETS.stored} SELECT * FROM fresh_offsets ON CONFLICT DO UPDATE
     SET lo_ns = greatest(lo_ns, excluded.lo_ns), hi_ns = least(hi_ns, excluded.hi_ns),
         pairs = pairs + excluded.pairs"""
 

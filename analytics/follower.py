@@ -1,11 +1,11 @@
 """Keeps the `hops` table current by following newly committed spans (docs/design.md §6: an ingest watermark, not a hook
 in the write path).
 
-Every pass: find the traces that received spans past the watermark (`spans.rowid`, which only grows: ingest never
-deletes), remember when each was last touched, and recompute the hops (and the critical paths,
+Every pass: find the traces that received spans past the watermark (`spans_hot.seq`, the ingest order, which only
+grows), remember when each was last touched, and recompute the hops (and the critical paths,
 critical_path_store.py) of every trace that has been quiet for the settle window — Envoy flushes its spans every
 5 s, so a trace is complete only after a quiet spell. A late span makes its trace dirty again and its hops are
-recomputed. The watermark persisted is the highest rowid seen, and the traces seen but not yet recomputed are kept
+recomputed. The watermark persisted is the highest seq seen, and the traces seen but not yet recomputed are kept
 in `hopscope_follower_pending` (removed in the transaction that writes their hops), so a restart takes up exactly
 the unsettled traces — not every trace since the oldest of them, which a follower stopped while behind would
 recompute again and again.
@@ -15,6 +15,10 @@ A pass reads the settled traces' spans as Arrow and hands them, with the stored 
 writes the rows it returns in one transaction. Every statement of a pass touches the pass's rows, not the tables'
 history: a trace's old hops and path are deleted only when it had some (a late span after it settled), and the
 rollups are re-derived from the hops of the touched minutes only.
+
+Time partitions (collector/sealer.py, run by this thread between passes so that it never races a pass's writes) move
+settled rows to Parquet; a trace some of whose spans are sealed is never recomputed — the follower would see only its
+hot spans. Its late spans are stored and queryable, and counted in `traces_after_seal`.
 """
 
 from __future__ import annotations
@@ -34,31 +38,37 @@ from hopscope.analytics import rollup
 from hopscope.analytics.batch import AnalyticsWorker, BatchRows, analyse_batch
 from hopscope.analytics.classify import Classifier
 from hopscope.analytics.clock_offsets import WindowRow, store_windows, stored_windows
-from hopscope.analytics.schema import create_derived
+from hopscope.analytics.schema import CRITICAL_PATH, CRITICAL_PATH_TRACES, HOPS, create_derived
 from hopscope.analytics.trace_lookup import SPAN_FIELDS
 
 log = logging.getLogger("hopscope.analytics")
 
-# rowid ranges let DuckDB skip every row group outside them: a pass reads the recent spans, not the whole table
-_SELECT_TRACES = (f"SELECT {', '.join(SPAN_FIELDS)} FROM spans WHERE rowid BETWEEN ? AND ? "
+# seq ranges let DuckDB skip every row group outside them (zone maps): a pass reads the recent spans, not the table
+_SELECT_TRACES = (f"SELECT {', '.join(SPAN_FIELDS)} FROM spans_hot WHERE seq BETWEEN ? AND ? "
                   "AND trace_id IN (SELECT unnest(?::VARCHAR[]))")
-# RETURNING gives each trace's first rowid ever: lower than the fresh spans' own when the trace was seen before
-_UPSERT_ROWIDS = """INSERT INTO trace_rowids SELECT trace_id, low, high FROM fresh_rowids
-    ON CONFLICT (trace_id) DO UPDATE SET first_rowid = least(first_rowid, excluded.first_rowid),
-        last_rowid = greatest(last_rowid, excluded.last_rowid) RETURNING trace_id, first_rowid"""
-_INSERT_PENDING = "INSERT INTO hopscope_follower_pending SELECT trace_id FROM fresh_rowids ON CONFLICT DO NOTHING"
+# RETURNING gives each trace's first seq ever (lower than the fresh spans' own when the trace was seen before) and
+# whether some of its spans are sealed (the sealer marks them)
+_UPSERT_SEQS = """INSERT INTO trace_seqs SELECT trace_id, low, high, sealed FROM fresh_seqs
+    ON CONFLICT (trace_id) DO UPDATE SET first_seq = least(first_seq, excluded.first_seq),
+        last_seq = greatest(last_seq, excluded.last_seq), sealed = sealed OR excluded.sealed
+    RETURNING trace_id, first_seq, sealed"""
+_INSERT_PENDING = """INSERT INTO hopscope_follower_pending SELECT trace_id FROM fresh_seqs
+    JOIN trace_seqs USING (trace_id) WHERE NOT trace_seqs.sealed ON CONFLICT DO NOTHING"""
 _IN = "trace_id IN (SELECT unnest(?::VARCHAR[]))"
 INITIAL_SPANS_PER_SECOND = 10_000.0
 MAX_TRACES_PER_PASS = 1_000  # ~1 s of analytics under load: the lag's granularity
+# how far before a late trace's first fresh span its sealed spans are searched for: a trace longer than this whose
+# early spans were sealed is not recognised, and is recomputed from its hot spans alone (docs/storage.md)
+SEALED_TRACE_REACH_NS = 3600 * 10**9
 
 
 class _Pending:
-    """A trace seen with new spans: when last, its rowid range, and whether it has rows to replace."""
+    """A trace seen with new spans: when last, its seq range, and whether it has rows to replace."""
 
-    __slots__ = ("touched", "first_rowid", "last_rowid", "written", "new_spans")
+    __slots__ = ("touched", "first_seq", "last_seq", "written", "new_spans")
 
-    def __init__(self, touched: float, first_rowid: int, last_rowid: int, written: bool, new_spans: int) -> None:
-        self.touched, self.first_rowid, self.last_rowid, self.written = touched, first_rowid, last_rowid, written
+    def __init__(self, touched: float, first_seq: int, last_seq: int, written: bool, new_spans: int) -> None:
+        self.touched, self.first_seq, self.last_seq, self.written = touched, first_seq, last_seq, written
         self.new_spans = new_spans
 
 
@@ -93,12 +103,12 @@ class HopFollower:
         create_derived(self._db)
         # fetchall, not fetchone: DuckDB 2 refuses a later .sql() on a cursor whose last result was not read to its
         # end, and after a restart this table has a row (every pass after the first restart failed on it)
-        rows = self._db.execute("SELECT span_rowid FROM hopscope_hops_watermark").fetchall()
+        rows = self._db.execute("SELECT span_seq FROM hopscope_hops_watermark").fetchall()
         self._watermark = int(rows[0][0]) if rows else -1
         if not rows:
             self._db.execute("INSERT INTO hopscope_hops_watermark VALUES (-1)")
-        waiting = self._db.execute("SELECT trace_id, first_rowid, last_rowid FROM hopscope_follower_pending "
-                                   "JOIN trace_rowids USING (trace_id)").fetchall()
+        waiting = self._db.execute("SELECT trace_id, first_seq, last_seq FROM hopscope_follower_pending "
+                                   "JOIN trace_seqs USING (trace_id)").fetchall()
         restarted = time.monotonic()   # they wait one settle window again: their spans may still be arriving
         # a trace written before, then made pending again by a late span, looks the same as a new one here: treat
         # them all as having rows to replace (a restart's pending traces are few)
@@ -107,6 +117,8 @@ class HopFollower:
         self.hops_written = 0
         self.paths_written = 0
         self.traces_skipped = 0
+        self.traces_after_seal = 0   # traces with spans arriving after some of theirs were sealed (not recomputed)
+        self.between_passes: Callable[[], None] = lambda: None   # serve's sealer: runs in this thread, between passes
         self.observe_lag: Callable[[float], None] = lambda seconds: None  # settle → committed, per trace (serve's
         # /metrics); `now` must then be time.monotonic()
         self.pass_traces = 0   # traces the running pass is recomputing (0 between passes): /metrics, shutdown log
@@ -155,6 +167,7 @@ class HopFollower:
                 # a full batch means more traces are settled and waiting: go again at once instead of idling
                 busy = self.step(time.monotonic()) >= MAX_TRACES_PER_PASS or self._in_flight is not None
                 self._failing = False
+                self.between_passes()   # handles its own failures: a seal that fails must not hold ingest back
             except Exception:  # never take the server down; the next pass retries from the watermark
                 self._failing = True
                 if self._stop.is_set():  # interrupted by the shutdown (SpanStore.close_readers): rolled back
@@ -173,9 +186,11 @@ class HopFollower:
         worker waiting for the writes and the writes for the worker). In this thread, each batch is written at once.
         Returns the traces whose analysis started."""
         started = time.monotonic()
-        fresh = self._db.sql("SELECT trace_id, min(rowid) AS low, max(rowid) AS high, count(*) AS spans FROM spans "
-                             "WHERE rowid > ? GROUP BY trace_id", params=[self._watermark]).to_arrow_table()
+        fresh = self._db.sql("SELECT trace_id, min(seq) AS low, max(seq) AS high, count(*) AS spans, "
+                             "min(start_ns) AS first_start FROM spans_hot WHERE seq > ? GROUP BY trace_id",
+                             params=[self._watermark]).to_arrow_table()
         if fresh.num_rows:
+            self._watermark = max(self._watermark, pc.max(fresh["high"]).as_py())
             self._discover(fresh, now)
         settled = [t for t, pending in self._pending.items() if now - pending.touched >= self._settle]
         settled = settled[:MAX_TRACES_PER_PASS]
@@ -195,7 +210,7 @@ class HopFollower:
         if self._worker is not None:
             self._in_flight = batch
         self._oldest_touched = min((pending.touched for pending in self._pending.values()), default=None)
-        self._db.execute("UPDATE hopscope_hops_watermark SET span_rowid = ?", [self._watermark])
+        self._db.execute("UPDATE hopscope_hops_watermark SET span_seq = ?", [self._watermark])
         self.pass_traces = 0
         return len(settled)
 
@@ -225,8 +240,8 @@ class HopFollower:
             since = self._pending.get(trace_id)
             if since is not None:
                 pending.touched, pending.written = since.touched, pending.written or since.written
-                pending.first_rowid = min(pending.first_rowid, since.first_rowid)
-                pending.last_rowid = max(pending.last_rowid, since.last_rowid)
+                pending.first_seq = min(pending.first_seq, since.first_seq)
+                pending.last_seq = max(pending.last_seq, since.last_seq)
                 pending.new_spans += since.new_spans
             self._pending[trace_id] = pending
 
@@ -252,27 +267,52 @@ class HopFollower:
         self._last_finish = finished
 
     def _discover(self, fresh: pa.Table, now: float) -> None:
-        """Remember the traces with new spans, each one's rowid range (so one trace is read without scanning the
+        """Remember the traces with new spans, each one's seq range (so one trace is read without scanning the
         table, trace_lookup.py) and whether it already has rows (it settled before: a late span)."""
-        self._db.register("fresh_rowids", fresh)
+        sealed_before = self._fully_sealed(fresh)
+        fresh = fresh.append_column("sealed", pc.is_in(fresh["trace_id"], pa.array(sealed_before, pa.string())))
+        self._db.register("fresh_seqs", fresh)
         try:
-            first_ever = dict(self._db.execute(_UPSERT_ROWIDS).fetchall())
+            known = {trace_id: (first, sealed) for trace_id, first, sealed in self._db.execute(_UPSERT_SEQS).fetchall()}
             self._db.execute(_INSERT_PENDING)
         finally:
-            self._db.unregister("fresh_rowids")
+            self._db.unregister("fresh_seqs")
+        after_seal = 0
         for trace_id, low, high, spans in zip(*(fresh.column(i).to_pylist() for i in range(4)), strict=True):
             pending = self._pending.get(trace_id)
-            first = first_ever[trace_id]
+            first, sealed = known[trace_id]
+            if sealed:   # counted as analysed: it must not look like work the follower is behind on
+                after_seal += 1
+                self.spans_analysed += spans
+                continue
             if pending is None:
                 self._pending[trace_id] = _Pending(now, first, high, written=first < low, new_spans=spans)
             else:
-                pending.touched, pending.first_rowid = now, min(pending.first_rowid, first)
-                pending.last_rowid, pending.new_spans = max(pending.last_rowid, high), pending.new_spans + spans
-            self._watermark = max(self._watermark, high)
+                pending.touched, pending.first_seq = now, min(pending.first_seq, first)
+                pending.last_seq, pending.new_spans = max(pending.last_seq, high), pending.new_spans + spans
+        if after_seal:
+            self.traces_after_seal += after_seal
+            log.info("%d trace(s) got spans after some of theirs were sealed: stored, not recomputed", after_seal)
+
+    def _fully_sealed(self, fresh: pa.Table) -> list[str]:
+        """The traces with fresh spans whose other spans were all sealed (their `trace_seqs` row went with them):
+        only those starting before the newest sealed partition's end can be such, so the files are searched for
+        those alone, within their time range. A trace with some spans still hot is marked by the sealer instead."""
+        horizon = self._db.execute("SELECT max(partition_end_ns) FROM hopscope_partitions WHERE relation = 'spans'"
+                                   ).fetchall()[0][0]
+        if horizon is None:
+            return []
+        early = fresh.filter(pc.less(fresh["first_start"], horizon))
+        if not early.num_rows:
+            return []
+        low = pc.min(early["first_start"]).as_py()
+        return [trace_id for (trace_id,) in self._db.execute(
+            f"SELECT DISTINCT trace_id FROM spans_sealed WHERE start_ns >= ? AND {_IN}",
+            [low - SEALED_TRACE_REACH_NS, early["trace_id"].to_pylist()]).fetchall()]
 
     def _read(self, trace_ids: list[str], traces: dict[str, _Pending]) -> pa.Table:
-        first = min(traces[t].first_rowid for t in trace_ids)
-        last = max(traces[t].last_rowid for t in trace_ids)
+        first = min(traces[t].first_seq for t in trace_ids)
+        last = max(traces[t].last_seq for t in trace_ids)
         spans: pa.Table = self._db.sql(_SELECT_TRACES, params=[first, last, trace_ids]).to_arrow_table()
         return spans
 
@@ -283,15 +323,15 @@ class HopFollower:
         try:
             if rewritten:   # a late span: replace what the trace had, and re-derive the minutes its hops were in
                 minutes.update(row[0] for row in self._db.execute(
-                    f"SELECT DISTINCT start_ns // {rollup.MINUTE_NS} * {rollup.MINUTE_NS} FROM hops WHERE {_IN}",
-                    [rewritten]).fetchall())
-                for table in ("hops", "critical_path", "critical_path_traces"):
-                    self._db.execute(f"DELETE FROM {table} WHERE {_IN}", [rewritten])
+                    f"SELECT DISTINCT start_ns // {rollup.MINUTE_NS} * {rollup.MINUTE_NS} FROM {HOPS.stored} "
+                    f"WHERE {_IN}", [rewritten]).fetchall())
+                for table in (HOPS, CRITICAL_PATH, CRITICAL_PATH_TRACES):
+                    self._db.execute(f"DELETE FROM {table.stored} WHERE {_IN}", [rewritten])
             self._db.execute(f"DELETE FROM hopscope_follower_pending WHERE {_IN}", [trace_ids])
-            for table, fresh in (("hops", rows.hops), ("critical_path", rows.path_sections),
-                                 ("critical_path_traces", rows.path_traces)):
+            for table, fresh in ((HOPS, rows.hops), (CRITICAL_PATH, rows.path_sections),
+                                 (CRITICAL_PATH_TRACES, rows.path_traces)):
                 self._db.register("fresh_rows", fresh)
-                self._db.execute(f"INSERT INTO {table} SELECT * FROM fresh_rows")
+                self._db.execute(f"INSERT INTO {table.stored} SELECT * FROM fresh_rows")
                 self._db.unregister("fresh_rows")
             rollup.refresh_minutes(self._db, sorted(minutes))
             store_windows(self._db, rows.offsets)

@@ -17,6 +17,7 @@ from typing import Any
 import duckdb
 
 from hopscope.analytics.aggregates import MEASURES, QUANTILES, summary_group
+from hopscope.analytics.schema import HOP_ROLLUP_BUCKETS, HOP_ROLLUP_STATS, HOPS
 
 MINUTE_NS = 60 * 10**9
 BUCKET_BASE = 1.01
@@ -28,14 +29,27 @@ _BUCKET = f"CASE WHEN v = 0 THEN 0 ELSE (sign(v) * (floor(ln(abs(v)) / ln({BUCKE
 # The range on start_ns itself lets DuckDB skip the row groups outside the minutes (zone maps); the expression alone
 # made every refresh scan all of `hops`, a pass's cost growing with the table's age.
 _IN_MINUTES = ("start_ns BETWEEN ? AND ? AND (start_ns // ?) * ? IN (SELECT unnest(?::BIGINT[]))")
-_STATS_INSERT = (f"INSERT INTO hop_rollup_stats SELECT {KEYS}, (start_ns // {MINUTE_NS}) * {MINUTE_NS}, count(*), "
-                 "count(*) FILTER (error), " + ", ".join(f"sum({m}_ns)" for m in MEASURES)
-                 + f" FROM hops WHERE {_IN_MINUTES} GROUP BY ALL")
-_BUCKETS_INSERT = (f"INSERT INTO hop_rollup_buckets SELECT {KEYS}, minute_ns, measure, {_BUCKET} AS bucket, count(*) "
-                   f"FROM (UNPIVOT (SELECT {KEYS}, (start_ns // {MINUTE_NS}) * {MINUTE_NS} AS minute_ns, "
-                   + ", ".join(f"{m}_ns AS {m}" for m in MEASURES)
-                   + f" FROM hops WHERE {_IN_MINUTES}) "
-                   f"ON {', '.join(MEASURES)} INTO NAME measure VALUE v) GROUP BY ALL")
+
+
+def stats_query(source: str, where: str = "TRUE") -> str:
+    """`hop_rollup_stats` rows of the hops in `source` (a table, view or subquery) that match `where`."""
+    return (f"SELECT {KEYS}, (start_ns // {MINUTE_NS}) * {MINUTE_NS} AS minute_ns, count(*) AS hops, "
+            "count(*) FILTER (error) AS errors, " + ", ".join(f"sum({m}_ns) AS {m}_sum" for m in MEASURES)
+            + f" FROM {source} WHERE {where} GROUP BY ALL")
+
+
+def buckets_query(source: str, where: str = "TRUE") -> str:
+    """`hop_rollup_buckets` rows of the hops in `source` that match `where`."""
+    return (f"SELECT {KEYS}, minute_ns, measure, {_BUCKET} AS bucket, count(*) AS n "
+            f"FROM (UNPIVOT (SELECT {KEYS}, (start_ns // {MINUTE_NS}) * {MINUTE_NS} AS minute_ns, "
+            + ", ".join(f"{m}_ns AS {m}" for m in MEASURES)
+            + f" FROM {source} WHERE {where}) ON {', '.join(MEASURES)} INTO NAME measure VALUE v) GROUP BY ALL")
+
+
+# The follower keeps the hot rollups equal to the rollups of the hot hops; a seal moves hops and their rollups to
+# Parquet together (collector/sealer.py), so the views' sums over hot and sealed rows count every hop once.
+_STATS_INSERT = f"INSERT INTO {HOP_ROLLUP_STATS.stored} {stats_query(HOPS.stored, _IN_MINUTES)}"
+_BUCKETS_INSERT = f"INSERT INTO {HOP_ROLLUP_BUCKETS.stored} {buckets_query(HOPS.stored, _IN_MINUTES)}"
 
 
 def value_of_bucket(bucket: int) -> float:
@@ -47,10 +61,11 @@ def value_of_bucket(bucket: int) -> float:
 
 
 def refresh_minutes(db: duckdb.DuckDBPyConnection, minutes: list[int]) -> None:
-    """Re-derive the rollups of these minutes (ns, minute-aligned) from `hops`; call inside the hops transaction."""
+    """Re-derive the hot rollups of these minutes (ns, minute-aligned) from the hot hops; call inside the hops
+    transaction."""
     if not minutes:
         return
-    for table in ("hop_rollup_stats", "hop_rollup_buckets"):
+    for table in (HOP_ROLLUP_STATS.stored, HOP_ROLLUP_BUCKETS.stored):
         db.execute(f"DELETE FROM {table} WHERE minute_ns IN (SELECT unnest(?::BIGINT[]))", [minutes])
     within = [min(minutes), max(minutes) + MINUTE_NS - 1, MINUTE_NS, MINUTE_NS, minutes]
     db.execute(_STATS_INSERT, within)

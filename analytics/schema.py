@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from hopscope.analytics.aggregates import MEASURES
 from hopscope.analytics.hops import HopBreakdown
+from hopscope.collector import partitions
 
 log = logging.getLogger("hopscope.analytics")
 
@@ -35,9 +36,16 @@ class Table:
     internal: bool = False  # the follower's bookkeeping, not for users' SQL (documented all the same)
 
     @property
+    def stored(self) -> str:
+        """The table rows are written to: `<name>_hot` for a partitioned relation, whose name is a view over the hot
+        table and the sealed files (collector/partitions.py); the name itself for the follower's bookkeeping."""
+        relation = partitions.BY_NAME.get(self.name)
+        return relation.hot if relation is not None else self.name
+
+    @property
     def ddl(self) -> str:
         key = f", PRIMARY KEY ({', '.join(self.key)})" if self.key else ""
-        return (f"CREATE TABLE IF NOT EXISTS {self.name} ("
+        return (f"CREATE TABLE IF NOT EXISTS {self.stored} ("
                 + ", ".join(f"{name} {sql}" for name, sql, _ in self.columns) + key + ")")
 
     @functools.cached_property
@@ -130,26 +138,30 @@ CLOCK_OFFSETS = Table("clock_offsets", (
     ("hi_ns", "BIGINT", "upper bound; estimate (lo_ns + hi_ns) / 2, uncertainty (hi_ns - lo_ns) / 2"),
     ("pairs", "BIGINT", "client/server pair observations behind the bounds"),
 ), key=("domain_a", "domain_b", "window_start_ns"))
-TRACE_ROWIDS = Table("trace_rowids", (
-    ("trace_id", "VARCHAR", "the trace"),
-    ("first_rowid", "BIGINT", "its first span's rowid in `spans` (ingest only appends: one trace is read by range)"),
-    ("last_rowid", "BIGINT", "its last span's rowid"),
+TRACE_SEQS = Table("trace_seqs", (
+    ("trace_id", "VARCHAR", "a trace with spans in the hot table (a seal removes the traces it moves)"),
+    ("first_seq", "BIGINT", "its first span's `seq` in `spans_hot` (ingest order: one trace is read by range)"),
+    ("last_seq", "BIGINT", "its last span's `seq`"),
+    ("sealed", "BOOLEAN", "some of its spans are sealed: the follower no longer recomputes it (docs/storage.md)"),
 ), key=("trace_id",), internal=True)
 FOLLOWER_WATERMARK = Table("hopscope_hops_watermark", (
-    ("span_rowid", "BIGINT NOT NULL", "every span up to this rowid has been seen by the follower"),
+    ("span_seq", "BIGINT NOT NULL", "every span up to this `seq` has been seen by the follower"),
 ), internal=True)
 FOLLOWER_PENDING = Table("hopscope_follower_pending", (
     ("trace_id", "VARCHAR", "a trace seen with new spans whose hops and path are not written yet"),
 ), key=("trace_id",), internal=True)
 
 DERIVED_TABLES = (HOPS, HOP_ROLLUP_STATS, HOP_ROLLUP_BUCKETS, CRITICAL_PATH, CRITICAL_PATH_TRACES, CLOCK_OFFSETS,
-                  TRACE_ROWIDS, FOLLOWER_WATERMARK, FOLLOWER_PENDING)
+                  TRACE_SEQS, FOLLOWER_WATERMARK, FOLLOWER_PENDING)
 
 
 def create_derived(db: duckdb.DuckDBPyConnection) -> None:
-    """Every derived table (if missing), and the rules' version on a file that has none of them yet."""
+    """Every derived table (if missing) and the views users query over it, and the rules' version on a file that
+    has none of them yet."""
     for table in DERIVED_TABLES:
         db.execute(table.ddl)
+    for relation in partitions.DERIVED_RELATIONS:
+        partitions.create_views(db, relation)
     db.execute("INSERT OR IGNORE INTO hopscope_meta SELECT 'derived_version', ? "
                "WHERE NOT EXISTS (SELECT 1 FROM hops)", [str(DERIVED_VERSION)])
     rows = db.execute("SELECT value FROM hopscope_meta WHERE key = 'derived_version'").fetchall()
@@ -163,7 +175,7 @@ def create_derived(db: duckdb.DuckDBPyConnection) -> None:
 def drop_derived(db: duckdb.DuckDBPyConnection) -> None:
     """What `hopscope rebuild` recomputes from `spans`; it then records this hopscope's version."""
     for table in DERIVED_TABLES:
-        db.execute(f"DROP TABLE IF EXISTS {table.name}")
+        db.execute(f"DROP TABLE IF EXISTS {table.stored}")
     db.execute("INSERT OR REPLACE INTO hopscope_meta VALUES ('derived_version', ?)", [str(DERIVED_VERSION)])
 
 

@@ -1,6 +1,8 @@
-"""One trace's spans without scanning the whole `spans` table: the follower records each trace's rowid range
-(`trace_rowids`), and DuckDB skips every row group outside it. Spans newer than anything the follower has seen
-(the last second or so) are read from the table's tail, which is small for the same reason."""
+"""One trace's spans without scanning every span: the follower records each hot trace's `seq` range (`trace_seqs`),
+and DuckDB skips every row group outside it. Spans newer than anything the follower has seen (the last second or
+so) are read from the hot table's tail, which is small for the same reason. Sealed spans are looked up in the
+Parquet files (`spans_sealed`), which are sorted by trace id: their row-group statistics skip all but one group a
+file — only for a trace the follower does not know, or knows to be partly sealed."""
 
 from __future__ import annotations
 
@@ -22,31 +24,38 @@ SPAN_FIELDS = ("trace_id", "span_id", "parent_span_id", "name", "kind", "start_n
 def trace_spans(db: duckdb.DuckDBPyConnection, trace_id: str, columns: tuple[str, ...],
                 limit: int = MAX_TRACE_SPANS) -> list[dict[str, Any]]:
     """The trace's spans as dicts in start order, `attributes` and `resource_attributes` parsed when selected."""
-    select = ", ".join(columns)
-    known = db.execute("SELECT first_rowid, last_rowid FROM trace_rowids WHERE trace_id = ?", [trace_id]).fetchall()
-    seen_upto = db.execute("SELECT coalesce(max(last_rowid), -1) FROM trace_rowids").fetchall()[0][0]
+    select = f"{', '.join(columns)}, start_ns AS _start, span_id AS _id"
+    known = db.execute("SELECT first_seq, last_seq, sealed FROM trace_seqs WHERE trace_id = ?", [trace_id]).fetchall()
+    seen_upto = db.execute("SELECT coalesce(max(last_seq), -1) FROM trace_seqs").fetchall()[0][0]
     ranges = [(known[0][0], known[0][1])] if known else []
     ranges.append((seen_upto + 1, 2**62))  # not yet seen by the follower
     rows = []
     for low, high in ranges:
-        rows += db.execute(f"SELECT {select}, start_ns AS _start, span_id AS _id FROM spans "
-                           "WHERE rowid BETWEEN ? AND ? AND trace_id = ?", [low, high, trace_id]).fetchall()
+        rows += db.execute(f"SELECT {select} FROM spans_hot WHERE seq BETWEEN ? AND ? AND trace_id = ?",
+                           [low, high, trace_id]).fetchall()
+    if not known or known[0][2]:
+        rows += db.execute(f"SELECT {select} FROM spans_sealed WHERE trace_id = ?", [trace_id]).fetchall()
     rows.sort(key=lambda row: (row[-2], row[-1]))
     return [span_from_row(columns, row[:-2]) for row in rows[:limit]]
 
 
 def traces_spans(db: duckdb.DuckDBPyConnection, trace_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """Many traces' spans at once, read by their recorded rowid span (no table scan)."""
-    low, high = db.execute("SELECT min(first_rowid), max(last_rowid) FROM trace_rowids WHERE trace_id IN "
+    """Many hot traces' spans at once, read by their recorded seq span (no table scan). The what-if replay's
+    sample: traces that are sealed are read one by one (trace_spans)."""
+    low, high = db.execute("SELECT min(first_seq), max(last_seq) FROM trace_seqs WHERE NOT sealed AND trace_id IN "
                            "(SELECT unnest(?::VARCHAR[]))", [trace_ids]).fetchall()[0]
-    if low is None:
-        return {}
-    rows = db.execute(f"SELECT {', '.join(SPAN_FIELDS)} FROM spans WHERE rowid BETWEEN ? AND ? AND trace_id IN "
-                      "(SELECT unnest(?::VARCHAR[]))", [low, high, trace_ids]).fetchall()
+    rows = [] if low is None else db.execute(
+        f"SELECT {', '.join(SPAN_FIELDS)} FROM spans_hot WHERE seq BETWEEN ? AND ? AND trace_id IN "
+        "(SELECT unnest(?::VARCHAR[]))", [low, high, trace_ids]).fetchall()
     traces: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         span = span_from_row(SPAN_FIELDS, row)
         traces.setdefault(span["trace_id"], []).append(span)
+    for trace_id in trace_ids:
+        if trace_id not in traces:
+            spans = trace_spans(db, trace_id, SPAN_FIELDS)
+            if spans:
+                traces[trace_id] = spans
     return traces
 
 

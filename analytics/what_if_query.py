@@ -32,8 +32,8 @@ WHAT_IF_SECONDS = 10.0  # wall-clock limit of one what-if replay, as the SQL end
 WHAT_IF_CHUNK = 200  # traces read (and held) per query
 # the sample: a uniform one by trace id hash, with the stored span counts (the span budget is planned on them)
 _SAMPLE = f"SELECT trace_id, span_count FROM critical_path_traces WHERE {ENDPOINT} ORDER BY hash(trace_id) LIMIT ?"
-_BY_ROWID = ("SELECT trace_id FROM trace_rowids WHERE trace_id IN (SELECT unnest(?::VARCHAR[])) "
-             "ORDER BY first_rowid, trace_id")
+_BY_SEQ = ("SELECT trace_id FROM trace_seqs WHERE trace_id IN (SELECT unnest(?::VARCHAR[])) "
+           "ORDER BY first_seq, trace_id")
 METHOD = ("each trace replayed on its span tree with the component's time removed (docs/critical-path.md, "
           "'What if'); percentiles nearest-rank over the replayed traces")
 
@@ -51,10 +51,12 @@ def _within_budget(sample: list[tuple[str, int | None]], max_spans: int) -> tupl
 
 
 def _chunks(db: duckdb.DuckDBPyConnection, ids: list[str]) -> list[list[str]]:
-    """The traces in chunks of WHAT_IF_CHUNK adjacent in the spans table, so each chunk's rowid range stays narrow
+    """The traces in chunks of WHAT_IF_CHUNK adjacent in the spans table, so each chunk's seq range stays narrow
     (a chunk of hash-ordered traces would span the whole window), visited in a fixed shuffled order, so a replay
     cut short by the time limit still spreads over the window rather than covering its start."""
-    ordered = [row[0] for row in db.execute(_BY_ROWID, [ids]).fetchall()] if ids else []
+    ordered = [row[0] for row in db.execute(_BY_SEQ, [ids]).fetchall()] if ids else []
+    hot = set(ordered)
+    ordered += sorted(trace_id for trace_id in ids if trace_id not in hot)  # sealed: no hot range
     chunks = [ordered[i:i + WHAT_IF_CHUNK] for i in range(0, len(ordered), WHAT_IF_CHUNK)]
     random.Random(0).shuffle(chunks)
     return chunks

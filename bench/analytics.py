@@ -91,8 +91,8 @@ def main() -> None:
         db_cursor = store.cursor()  # the replicas' hops and rowid ranges: the pool's, under the copies' trace ids
         db_cursor.execute("INSERT INTO hops SELECT printf('%08x', c) || substr(trace_id, 9), hops.* EXCLUDE (trace_id) "
                           "FROM hops, range(1, ?) r(c)", [copies])
-        db_cursor.execute("INSERT INTO trace_rowids SELECT printf('%08x', c) || substr(trace_id, 9), "
-                          "first_rowid + c * ?, last_rowid + c * ? FROM trace_rowids, range(1, ?) r(c)",
+        db_cursor.execute("INSERT INTO trace_seqs SELECT printf('%08x', c) || substr(trace_id, 9), "
+                          "first_seq + c * ?, last_seq + c * ? FROM trace_seqs, range(1, ?) r(c)",
                           [pool.num_rows, pool.num_rows, copies])
         minutes = [row[0] for row in db_cursor.execute(
             f"SELECT DISTINCT start_ns // {rollup.MINUTE_NS} * {rollup.MINUTE_NS} FROM hops").fetchall()]

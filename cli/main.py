@@ -63,12 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sql = commands.add_parser("sql", help="run one read-only SQL statement against a running service",
                               description="Run one SELECT against the live database of a running hopscope "
-                                          "(tables spans, hops; see docs/sql.md) and print a table.",
+                                          "(tables spans, hops; see docs/sql.md) and print a table; with --db, "
+                                          "against a stopped one's file.",
                               epilog="example:\n  hopscope sql \"SELECT callee, quantile_disc(network_ns, 0.99) / 1e6 "
                                      "AS p99_network_ms FROM hops GROUP BY ALL ORDER BY 2 DESC\"",
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     sql.add_argument("statement", help="the SQL statement")
     sql.add_argument("--max-rows", type=int, default=100, help="row cap (default 100, at most 10,000)")
+    sql.add_argument("--db", default=None, help="read this DuckDB file (and its sealed partitions) directly instead "
+                     "of asking a running service: for a stopped hopscope (a running one holds the file's lock)")
     add_api_arguments(sql)
 
     breakdown = commands.add_parser("breakdown", help="where each edge's latency goes: p50/p99 per component",

@@ -1,4 +1,5 @@
-"""`hopscope sql` and `hopscope breakdown`: readable tables from a running service's REST API."""
+"""`hopscope sql` and `hopscope breakdown`: readable tables from a running service's REST API (and `hopscope sql
+--db` from a stopped service's file)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import Any
+
+import duckdb
+
+from hopscope.analytics.sql import SqlRefused, SqlRunner
+from hopscope.collector.store import lock_down
 
 COMPONENTS = ("iptables", "proxy_outbound", "proxy_inbound", "network", "app", "retry")
 
@@ -49,12 +56,37 @@ def _numeric(text: str) -> bool:
 
 
 def run_sql(arguments: argparse.Namespace) -> int:
-    result = call_api(f"{arguments.api}/api/v1/sql", {"sql": arguments.statement, "max_rows": arguments.max_rows},
-                   arguments.token)
+    if arguments.db:
+        result = sql_on_file(arguments.db, arguments.statement, arguments.max_rows)
+    else:
+        result = call_api(f"{arguments.api}/api/v1/sql", {"sql": arguments.statement, "max_rows": arguments.max_rows},
+                          arguments.token)
     print(format_table(result["columns"], result["rows"]))
     note = " (truncated: raise --max-rows or add LIMIT)" if result["truncated"] else ""
     print(f"\n{result['row_count']} row(s) in {result['elapsed_ms']:.1f} ms{note}", file=sys.stderr)
     return 0
+
+
+def sql_on_file(path: str, statement: str, max_rows: int) -> dict[str, Any]:
+    """One statement on a stopped service's file, read-only, with the same rules as POST /api/v1/sql: SELECT only,
+    no file access beyond the sealed partitions' directory, a time limit and a row cap."""
+    if not Path(path).is_file():
+        raise SystemExit(f"hopscope: no database file {path}")
+    try:
+        db = duckdb.connect(path, read_only=True)
+    except duckdb.IOException as exc:
+        raise SystemExit(f"hopscope: cannot open {path}: {str(exc).splitlines()[0]} — while serve runs, leave out "
+                         "--db to ask it through its API") from None
+    with db:
+        files = db.execute("SELECT path FROM hopscope_partitions LIMIT 1").fetchall() \
+            if db.execute("SELECT 1 FROM duckdb_tables() WHERE table_name = 'hopscope_partitions'").fetchall() else []
+        lock_down(db, Path(files[0][0]).parents[2] if files else None)  # <parts>/<relation>/<partition>/<file>
+        try:
+            result = SqlRunner(db.cursor).run(statement, max_rows)
+        except SqlRefused as exc:
+            raise SystemExit(f"hopscope: {exc}") from None
+    return {"columns": result.columns, "rows": result.rows, "row_count": len(result.rows),
+            "truncated": result.truncated, "elapsed_ms": result.elapsed_ms}
 
 
 def run_breakdown(arguments: argparse.Namespace) -> int:

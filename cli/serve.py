@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 
@@ -29,6 +30,7 @@ from hopscope.analytics import trace_accelerator
 from hopscope.analytics.batch import AnalyticsWorker
 from hopscope.analytics.classify import Classifier, classifier_of
 from hopscope.analytics.follower import HopFollower
+from hopscope.analytics.sealer import Lifecycle, Sealer
 from hopscope.api import build_api
 from hopscope.collector.grpc_receiver import build_grpc_server, set_serving
 from hopscope.collector.http_receiver import OtlpHttpApp
@@ -86,7 +88,7 @@ def run_serve(settings: Settings, on_ready: OnReady | None = None) -> int:
         print(f"hopscope serve: --rules: {exc}", file=sys.stderr)
         return 2
     try:
-        store = SpanStore(settings.db)
+        store = SpanStore(settings.db, Path(settings.parts_dir) if settings.parts_dir else None)
     except (DatabaseInUse, SchemaTooNew) as exc:
         print(f"hopscope serve: {exc}", file=sys.stderr)
         return 1
@@ -125,6 +127,12 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
     analytics_worker = AnalyticsWorker(classifier)
     follower = HopFollower(store.cursor, classifier, settings.settle_seconds, worker=analytics_worker)
     follower.observe_lag = metrics.watch_follower(follower)
+    if store.parts_dir is not None:
+        sealer = Sealer(store.cursor, store.parts_dir, Lifecycle(
+            partition_ns=settings.partition * 10**9, retention_ns=settings.retention * 10**9,
+            settle_ns=int(settings.settle_seconds * 1e9), grace_ns=settings.late_span_grace * 10**9))
+        follower.between_passes = sealer
+        metrics.watch_partitions(sealer.progress)
     pipeline.watch_analytics(lambda accepted: follower.behind_seconds(time.monotonic(), accepted))
     metrics.watch_counts("hopscope_analytics_fallbacks", "Calls of an analytics step whose compiled form handed "
                          "back to the readable one (input it did not expect)", "step",
@@ -139,7 +147,7 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    _print_endpoints(settings, grpc_port, http_sock, api_sock, replaying)
+    _print_endpoints(settings, grpc_port, http_sock, api_sock, replaying, store.parts_dir)
     if on_ready is not None:
         endpoints = Endpoints(f"{settings.host}:{grpc_port}",
                               f"http://{settings.host}:{http_sock.getsockname()[1]}/v1/traces",
@@ -185,7 +193,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def _print_endpoints(settings: Settings, grpc_port: int, http_sock: socket.socket, api_sock: socket.socket,
-                     replaying: int) -> None:
+                     replaying: int, parts_dir: Path | None) -> None:
     host = settings.host
     api_url = f"http://{host}:{api_sock.getsockname()[1]}"
     lines = [
@@ -197,6 +205,9 @@ def _print_endpoints(settings: Settings, grpc_port: int, http_sock: socket.socke
     ]
     if settings.db == IN_MEMORY:
         lines.append("  note: --db :memory: is NOT durable; everything is gone when the process stops")
+    else:
+        lines.append(f"  partitions {settings.partition} s each, sealed to Parquet in {parts_dir}, kept "
+                     f"{settings.retention / 86400:g} days")
     if replaying:
         lines.append(f"  replaying {replaying} acknowledged spans from the spool into DuckDB")
     print("\n".join(lines), flush=True)

@@ -62,10 +62,29 @@ class IngestMetrics:
                             lambda: follower.paths_written)
         self.register_total("hopscope_follower_traces_skipped", "Traces whose hops or path could not be computed "
                             "(logged with their id; their spans are kept)", lambda: follower.traces_skipped)
+        self.register_total("hopscope_follower_traces_after_seal", "Traces that got spans after some of theirs were "
+                            "sealed into Parquet: stored and queryable, not recomputed",
+                            lambda: follower.traces_after_seal)
         lag = Histogram("hopscope_follower_lag_seconds", "From a trace settling (its settle window after the pass "
                         "that saw its last span) to its hops and critical path being committed",
                         buckets=_LAG_BUCKETS, registry=r)
         return lag.observe
+
+    def watch_partitions(self, progress: PartitionProgress) -> None:
+        """The sealed store (analytics/sealer.py): how much disk it holds and how far back it reaches."""
+        r = self.registry
+        Gauge("hopscope_partitions", "Sealed time partitions retained (Parquet)", registry=r).set_function(
+            lambda: progress.partitions)
+        Gauge("hopscope_partitions_bytes", "Bytes of the sealed partitions' Parquet files, every relation",
+              registry=r).set_function(lambda: progress.bytes)
+        Gauge("hopscope_partitions_oldest_seconds", "Start of the oldest retained partition, Unix seconds (0: none)",
+              registry=r).set_function(lambda: (progress.oldest_ns or 0) / 1e9)
+        self.register_total("hopscope_partitions_sealed", "Partition seals done (a partition sealed in two rounds "
+                            "counts twice)", lambda: progress.sealed_partitions)
+        self.register_total("hopscope_spans_sealed", "Spans moved from the hot store to Parquet",
+                            lambda: progress.sealed_spans)
+        self.register_total("hopscope_partitions_dropped", "Partitions deleted by the retention",
+                            lambda: progress.dropped_partitions)
 
     def register_total(self, name: str, documentation: str, total: Callable[[], int]) -> None:
         """A counter read from `total()` at each scrape, for a count another part keeps."""
@@ -75,6 +94,21 @@ class IngestMetrics:
         """A counter family read from `counts()` at each scrape (a part serve composes, e.g. the analytics' hand-backs
         to the readable implementations, keeps its own counts: the collector knows no analytics)."""
         self.registry.register(_CountsCollector(name, documentation, label, counts))
+
+
+class PartitionProgress(Protocol):
+    @property
+    def partitions(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def oldest_ns(self) -> int | None: ...
+    @property
+    def sealed_partitions(self) -> int: ...
+    @property
+    def sealed_spans(self) -> int: ...
+    @property
+    def dropped_partitions(self) -> int: ...
 
 
 class FollowerProgress(Protocol):
@@ -88,6 +122,8 @@ class FollowerProgress(Protocol):
     def paths_written(self) -> int: ...
     @property
     def traces_skipped(self) -> int: ...
+    @property
+    def traces_after_seal(self) -> int: ...
 
 
 class _CountsCollector:

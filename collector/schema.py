@@ -14,7 +14,11 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+from hopscope.collector.partitions import REGISTRY_DDL
+
+# 1: the first schema. 2: time partitions (docs/storage.md): the tables are `<name>_hot` behind views of the old
+# names, and spans carry an ingest sequence number (`seq`) that replaces the rowid, which a seal's DELETE changes.
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -72,8 +76,10 @@ ARROW_SCHEMA = pa.schema([pa.field(column.name, column.arrow_type) for column in
 
 
 def create_spans_sql() -> str:
+    """The hot spans table: the documented columns plus `seq`, the ingest order (store.py assigns it; the follower
+    and the trace lookups read by its ranges). The view `spans` shows the documented columns only."""
     columns = ",\n    ".join(f"{column.name} {column.sql_type}" for column in SPAN_COLUMNS)
-    return f"CREATE TABLE IF NOT EXISTS spans (\n    {columns}\n)"
+    return f"CREATE TABLE IF NOT EXISTS spans_hot (\n    {columns},\n    seq BIGINT NOT NULL\n)"
 
 
 # Everything the store creates at start-up, in order. The watermark table records how far the spool has been
@@ -82,6 +88,10 @@ SCHEMA_STATEMENTS: tuple[str, ...] = (
     "CREATE TABLE IF NOT EXISTS hopscope_meta (key VARCHAR PRIMARY KEY, value VARCHAR)",
     create_spans_sql(),
     "CREATE TABLE IF NOT EXISTS hopscope_spool_watermark (segment BIGINT NOT NULL, byte_offset BIGINT NOT NULL)",
+    REGISTRY_DDL,
+)
+# Over the view `spans` (partitions.create_views), so they see the sealed partitions too.
+SPAN_VIEW_STATEMENTS: tuple[str, ...] = (
     """CREATE OR REPLACE VIEW spans_with_time AS
        SELECT *, make_timestamp_ns(start_ns) AS start_time, make_timestamp_ns(end_ns) AS end_time FROM spans""",
     """CREATE OR REPLACE VIEW spans_unique AS

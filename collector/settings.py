@@ -36,6 +36,18 @@ def _port(value: int) -> bool:
     return 0 <= value <= 65535
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(text: str) -> int:
+    """'10s', '90m', '1h', '7d' (or plain seconds) as whole seconds."""
+    text = text.strip().lower()
+    if text[-1:] in _UNITS:
+        return int(float(text[:-1]) * _UNITS[text[-1]])
+    return int(float(text))
+
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("db", str, "./hopscope.duckdb",
             "DuckDB file the spans go to (created if missing). The write-ahead spool lives beside it in PATH.spool/. "
@@ -73,6 +85,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("workers", int, 2,
             "processes that turn spooled requests into columns (the CPU-heavy part of ingest)",
             lambda v: 1 <= v <= 64, "a count from 1 to 64"),
+    Setting("parts_dir", str, "",
+            "directory the sealed partitions go to as Parquet, one folder per relation and partition (docs/storage.md);"
+            " default: PATH.parts beside --db. Move it only with the database: the database lists its files"),
+    Setting("partition", duration_seconds, "1h",
+            "time span of one partition: spans and everything derived from them are sealed into Parquet a partition "
+            "at a time, and the retention drops whole partitions", lambda v: 10 <= v <= 86400,
+            "a duration from 10s to 1d"),
+    Setting("late_span_grace", duration_seconds, "5m",
+            "how long after a partition ends, on top of --settle-seconds, it stays hot before it is sealed: a span "
+            "arriving later is still stored and queryable, but no longer changes its trace's hops and critical path",
+            lambda v: 0 <= v <= 86400, "a duration from 0s to 1d"),
+    Setting("retention", duration_seconds, "7d",
+            "how long a sealed partition's files are kept after they were sealed (live data: its end plus the "
+            "settle window and the grace), then deleted; replayed old data counts from its arrival",
+            lambda v: v >= 10, "a duration of at least 10s"),
     Setting("rules", str, "",
             "YAML or JSON file of span classification rules, tried before the built-in ones (docs/hop-model.md, "
             "'Rules'): the follower, the API and `hopscope rebuild` all use it; GET /api/v1/rules shows the table",
@@ -94,6 +121,10 @@ class Settings:
     max_analytics_lag_seconds: float
     sql_token: str
     workers: int
+    parts_dir: str
+    partition: int
+    late_span_grace: int
+    retention: int
     rules: str
 
     @property
@@ -122,7 +153,9 @@ def resolve_setting(setting: Setting, arguments: Mapping[str, Any], environ: Map
     if raw is None and setting.env in environ:
         raw, source = environ[setting.env], setting.env
     if raw is None:
-        return setting.default
+        raw = setting.default
+        if not isinstance(raw, str) or setting.type is str:
+            return raw
     try:
         value = setting.type(raw)
     except ValueError:

@@ -24,7 +24,9 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from hopscope.collector.schema import COLUMN_NAMES, SCHEMA_STATEMENTS, SCHEMA_VERSION
+from hopscope.collector.migrations import migrate_1_to_2
+from hopscope.collector.partitions import SPANS, create_views, default_parts_dir, reconcile_files
+from hopscope.collector.schema import COLUMN_NAMES, SCHEMA_STATEMENTS, SCHEMA_VERSION, SPAN_VIEW_STATEMENTS
 
 IN_MEMORY = ":memory:"
 # DuckDB checkpoints inside the COMMIT that pushes its WAL over this size. At the default 16 MB that is every other
@@ -34,7 +36,8 @@ CHECKPOINT_THRESHOLD = "64MB"
 READER_GRACE_SECONDS = 1.0     # how long close() lets a running reader call finish before interrupting it
 _INTERRUPTED_GRACE_SECONDS = 3.0  # how long an interrupted call gets to return before close() gives up on it
 _POLL_SECONDS = 0.01
-_INSERT_SPANS = f"INSERT INTO spans ({', '.join(COLUMN_NAMES)}) SELECT {', '.join(COLUMN_NAMES)} FROM incoming_spans"
+_INSERT_SPANS = (f"INSERT INTO spans_hot ({', '.join(COLUMN_NAMES)}, seq) SELECT {', '.join(COLUMN_NAMES)}, seq "
+                 "FROM incoming_spans")
 
 
 class DatabaseInUse(RuntimeError):
@@ -53,8 +56,10 @@ log = logging.getLogger("hopscope.collector")
 
 
 class SpanStore:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, parts_dir: Path | None = None) -> None:
+        """`parts_dir`: where sealed partitions go (default `<path>.parts`; none for an in-memory database)."""
         self.path = path
+        self.parts_dir = (parts_dir or default_parts_dir(path)).resolve() if path != IN_MEMORY else None
         try:
             self._connection = duckdb.connect(path, config={"checkpoint_threshold": CHECKPOINT_THRESHOLD})
         except duckdb.IOException as exc:
@@ -69,6 +74,7 @@ class SpanStore:
         self._closing = False   # no new cursors
         self._closed = False
         self._migrate()
+        self._next_seq = self._first_free_seq()
 
     @property
     def is_durable(self) -> bool:
@@ -76,21 +82,35 @@ class SpanStore:
 
     def _migrate(self) -> None:
         """Schema creation and migrations happen here, at start-up, and nowhere else."""
+        db = self._connection
+        db.execute("CREATE TABLE IF NOT EXISTS hopscope_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+        rows = db.execute("SELECT value FROM hopscope_meta WHERE key = 'schema_version'").fetchall()
+        if rows and int(rows[0][0]) > SCHEMA_VERSION:
+            raise SchemaTooNew(f"{self.path} has schema version {rows[0][0]}; this hopscope knows up to "
+                               f"{SCHEMA_VERSION}")
+        migrate_1_to_2(db)
         for statement in SCHEMA_STATEMENTS:
-            self._connection.execute(statement)
-        row = self._connection.execute("SELECT value FROM hopscope_meta WHERE key = 'schema_version'").fetchone()
-        if row is not None and int(row[0]) > SCHEMA_VERSION:
-            raise SchemaTooNew(f"{self.path} has schema version {row[0]}; this hopscope knows up to {SCHEMA_VERSION}")
-        self._connection.execute("INSERT OR REPLACE INTO hopscope_meta VALUES ('schema_version', ?)",
-                                 [str(SCHEMA_VERSION)])
+            db.execute(statement)
+        if self.parts_dir is not None:
+            reconcile_files(db, self.parts_dir)
+        create_views(db, SPANS)
+        for statement in SPAN_VIEW_STATEMENTS:
+            db.execute(statement)
+        db.execute("INSERT OR REPLACE INTO hopscope_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+
+    def _first_free_seq(self) -> int:
+        """Past every `seq` ever given: the hot table's, and the highest a seal moved out (sealer.py records it)."""
+        rows = self._connection.execute(
+            "SELECT greatest(coalesce((SELECT max(seq) FROM spans_hot), -1), coalesce((SELECT value::BIGINT FROM "
+            "hopscope_meta WHERE key = 'sealed_seq'), -1))").fetchall()
+        return int(rows[0][0]) + 1
 
     def lock_down(self) -> None:
-        """After start-up, nothing this process runs needs files beyond the open database, Python objects by name
-        or configuration changes: forbid all three, so that user SQL (POST /api/v1/sql) cannot read
-        /etc/passwd, ATTACH, COPY, INSTALL, reach Python variables, or SET its way back out."""
-        for statement in ("SET python_enable_replacements = false", "SET enable_external_access = false",
-                          "SET lock_configuration = true"):
-            self._connection.execute(statement)
+        """After start-up, nothing this process runs needs files beyond the open database and its partitions'
+        directory, Python objects by name or configuration changes: forbid the rest, so that user SQL
+        (POST /api/v1/sql, SELECT only) cannot read /etc/passwd, ATTACH, COPY, INSTALL, reach Python variables, or
+        SET its way back out. The partitions' directory stays open: the views read it and the seal writes it."""
+        lock_down(self._connection, self.parts_dir)
 
     def spool_watermark(self) -> tuple[int, int] | None:
         """(segment, byte offset) up to which the spool is in DuckDB, or None for a fresh database."""
@@ -102,6 +122,8 @@ class SpanStore:
         connection = self._connection
         connection.execute("BEGIN TRANSACTION")
         try:
+            first, self._next_seq = self._next_seq, self._next_seq + spans.num_rows
+            spans = spans.append_column("seq", pa.array(range(first, self._next_seq), pa.int64()))
             connection.register("incoming_spans", spans)
             connection.execute(_INSERT_SPANS)
             connection.unregister("incoming_spans")
@@ -156,6 +178,17 @@ class SpanStore:
                 step()
             except duckdb.Error as exc:
                 log.error("DuckDB %s at shutdown failed (committed data is safe in the WAL): %s", what, exc)
+
+
+def lock_down(db: duckdb.DuckDBPyConnection, parts_dir: Path | None) -> None:
+    """SpanStore.lock_down, also for a read-only connection (`hopscope sql --db`)."""
+    statements = ["SET parquet_metadata_cache = true"]  # the views list every sealed file: read each footer once
+    if parts_dir is not None:
+        statements.append(f"SET allowed_directories = ['{str(parts_dir).replace(chr(39), chr(39) * 2)}/']")
+    statements += ["SET python_enable_replacements = false", "SET enable_external_access = false",
+                   "SET lock_configuration = true"]
+    for statement in statements:
+        db.execute(statement)
 
 
 def _close_when_idle(reader: duckdb.DuckDBPyConnection, deadline: float) -> bool:
