@@ -11,12 +11,16 @@
 3. `hopscope serve` opens the file; through its API the benchmark times `/api/v1/hops/summary` (all edges, last
    hour) and one trace's `/api/v1/traces/{id}/hops`, beside a plain `SELECT count(*), avg(duration_ns) FROM spans`
    over the same file via `/api/v1/sql`, median of several runs each.
+4. The same file is copied and its partitions older than --hot-minutes are sealed into Parquet (analytics/sealer.py,
+   10-minute partitions): the seal's cost per span, bytes per span in Parquet against the DuckDB file, and the same
+   queries over hot + sealed partitions, against the plain scan of that store.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -31,6 +35,7 @@ from timing import median_ms
 from hopscope.analytics import rollup
 from hopscope.analytics.classify import Classifier
 from hopscope.analytics.follower import HopFollower
+from hopscope.analytics.sealer import Lifecycle, Sealer
 from hopscope.collector.columns import requests_to_record_batch
 from hopscope.collector.store import SpanStore
 from hopscope.instrumentation.meshsim import MeshSimulator, Options, load_topology
@@ -65,6 +70,7 @@ def main() -> None:
     parser.add_argument("--spans", type=int, default=10_000_000, help="spans to load (default 10 million)")
     parser.add_argument("--pool-requests", type=int, default=4000, help="distinct simulated requests")
     parser.add_argument("--runs", type=int, default=7, help="timed runs per query (median reported)")
+    parser.add_argument("--hot-minutes", type=int, default=10, help="minutes left hot when sealing (default 10)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="hopscope-analytics-") as folder:
@@ -89,10 +95,10 @@ def main() -> None:
             if copy % 50 == 0:
                 print(f"  {copy} copies, {time.perf_counter() - started:.0f} s", flush=True)
         db_cursor = store.cursor()  # the replicas' hops and rowid ranges: the pool's, under the copies' trace ids
-        db_cursor.execute("INSERT INTO hops SELECT printf('%08x', c) || substr(trace_id, 9), hops.* EXCLUDE (trace_id) "
-                          "FROM hops, range(1, ?) r(c)", [copies])
+        db_cursor.execute("INSERT INTO hops_hot SELECT printf('%08x', c) || substr(trace_id, 9), "
+                          "hops_hot.* EXCLUDE (trace_id) FROM hops_hot, range(1, ?) r(c)", [copies])
         db_cursor.execute("INSERT INTO trace_seqs SELECT printf('%08x', c) || substr(trace_id, 9), "
-                          "first_seq + c * ?, last_seq + c * ? FROM trace_seqs, range(1, ?) r(c)",
+                          "first_seq + c * ?, last_seq + c * ?, false FROM trace_seqs, range(1, ?) r(c)",
                           [pool.num_rows, pool.num_rows, copies])
         minutes = [row[0] for row in db_cursor.execute(
             f"SELECT DISTINCT start_ns // {rollup.MINUTE_NS} * {rollup.MINUTE_NS} FROM hops").fetchall()]
@@ -101,30 +107,74 @@ def main() -> None:
         store.checkpoint()
         store.close()
 
-        server = ServeProcess(db, ["--settle-seconds", "3600"]).start()
-        try:
-            api = server.api_url
+        unsealed = _queries(db, args.runs)
+        sealed_db = str(Path(folder) / "sealed.duckdb")
+        shutil.copy(db, sealed_db)
+        seal = _seal(sealed_db, args.hot_minutes)
+        sealed = _queries(sealed_db, args.runs, seal["sealed_trace"])
+    spans = copies * pool.num_rows
+    print(f"\nresults ({spans:,} spans, {unsealed['hops']:,} hops, medians of {args.runs})")
+    for name, measured in (("one DuckDB file", unsealed),
+                           (f"sealed but the last {args.hot_minutes} minutes", sealed)):
+        scan, summary, exact, one = (measured[k] for k in ("scan", "summary", "exact", "one"))
+        print(f"  {name}:")
+        print(f"    plain scan  SELECT count(*), avg(duration_ns) FROM spans   {scan:8.1f} ms  (baseline)")
+        print(f"    /api/v1/hops/summary, all edges, last hour                {summary:8.1f} ms  = "
+              f"{summary / scan:.1f}× the plain scan (target ≤ 2× sealed; percentiles within ±0.5 %)")
+        print(f"    /api/v1/hops/summary?exact=true (sorts every hop)         {exact:8.1f} ms  = "
+              f"{exact / scan:.1f}× the plain scan")
+        print(f"    /api/v1/traces/{{id}}/hops, one trace                        {one:8.1f} ms  (target < 50 ms)")
+    per_span_us = seal["seconds"] / seal["spans"] * 1e6
+    print(f"  sealing: {seal['spans']:,} spans in {seal['seconds']:.1f} s = {per_span_us:.2f} µs a span, "
+          f"{seal['partitions']} partitions")
+    print(f"  bytes a span: spans in Parquet {seal['span_bytes'] / seal['spans']:.0f} B, every relation in Parquet "
+          f"{seal['bytes'] / seal['spans']:.0f} B; the DuckDB file (spans + derived, checkpointed) "
+          f"{Path(db).stat().st_size / spans:.0f} B")
+    print(f"  keeping hops ready: {hops_per_s:,.0f} hops/s")
+
+
+def _seal(db: str, hot_minutes: int) -> dict[str, float | int | str]:
+    """Seal every 10-minute partition that ended more than `hot_minutes` ago; what it cost and what it wrote."""
+    store = SpanStore(db)
+    assert store.parts_dir is not None
+    sealer = Sealer(store.cursor, store.parts_dir, Lifecycle(partition_ns=600 * 10**9, retention_ns=86400 * 10**9,
+                                                             settle_ns=0, grace_ns=hot_minutes * 60 * 10**9))
+    started = time.perf_counter()
+    while sealer.run_once(time.time_ns()):
+        pass
+    seconds = time.perf_counter() - started
+    cursor = store.cursor()
+    span_bytes = cursor.execute("SELECT sum(bytes) FROM hopscope_partitions WHERE relation = 'spans'").fetchall()
+    trace = cursor.execute("SELECT trace_id FROM spans_sealed LIMIT 1 OFFSET 1000").fetchall()[0][0]
+    store.checkpoint()
+    store.close()
+    print(f"  sealed {sealer.progress.sealed_spans:,} spans in {seconds:.1f} s", flush=True)
+    return {"seconds": seconds, "spans": sealer.progress.sealed_spans, "partitions": sealer.progress.partitions,
+            "bytes": sealer.progress.bytes, "span_bytes": int(span_bytes[0][0]), "sealed_trace": trace}
+
+
+def _queries(db: str, runs: int, trace_id: object = None) -> dict[str, float]:
+    """The API's timings on a store (median of `runs`); one trace's hops for `trace_id`, else any trace."""
+    server = ServeProcess(db, ["--settle-seconds", "3600"]).start()
+    try:
+        api = server.api_url
+        if trace_id is None:
             trace_id = httpx.post(f"{api}/api/v1/sql", json={"sql": "SELECT trace_id FROM spans LIMIT 1"}
                                   ).json()["rows"][0][0]
-            # one connection per request, as curl does: httpx's keep-alive client adds ~40 ms per request here
-            # (Nagle and delayed ACK on its side), which would measure the client, not hopscope
-            scan_sql = json.dumps({"sql": "SELECT count(*), avg(duration_ns) FROM spans"}).encode()
-            scan = median_ms(lambda: _fetch(f"{api}/api/v1/sql", scan_sql), args.runs)
-            summary = median_ms(lambda: _fetch(f"{api}/api/v1/hops/summary?since=1h"), args.runs)
-            exact = median_ms(lambda: _fetch(f"{api}/api/v1/hops/summary?since=1h&exact=true"), args.runs)
-            one = median_ms(lambda: _fetch(f"{api}/api/v1/traces/{trace_id}/hops"), args.runs)
-            groups = json.loads(_fetch(f"{api}/api/v1/hops/summary?since=1h"))["groups"]
-        finally:
-            server.stop(timeout=60)
-    hops = sum(g["hops"] for g in groups)
-    print(f"\nresults ({copies * pool.num_rows:,} spans, {hops:,} hops, medians of {args.runs})")
-    print(f"  plain scan  SELECT count(*), avg(duration_ns) FROM spans   {scan:8.1f} ms  (baseline)")
-    print(f"  /api/v1/hops/summary, all edges, last hour                {summary:8.1f} ms  = {summary / scan:.1f}× "
-          "the plain scan (target ≤ 10×; percentiles within ±0.5 %)")
-    print(f"  /api/v1/hops/summary?exact=true (sorts every hop)         {exact:8.1f} ms  = {exact / scan:.1f}× "
-          "the plain scan")
-    print(f"  /api/v1/traces/{{id}}/hops, one trace                        {one:8.1f} ms  (target < 50 ms)")
-    print(f"  keeping hops ready: {hops_per_s:,.0f} hops/s")
+        # one connection per request, as curl does: httpx's keep-alive client adds ~40 ms per request here
+        # (Nagle and delayed ACK on its side), which would measure the client, not hopscope
+        scan_sql = json.dumps({"sql": "SELECT count(*), avg(duration_ns) FROM spans"}).encode()
+        measured = {
+            "scan": median_ms(lambda: _fetch(f"{api}/api/v1/sql", scan_sql), runs),
+            "summary": median_ms(lambda: _fetch(f"{api}/api/v1/hops/summary?since=1h"), runs),
+            "exact": median_ms(lambda: _fetch(f"{api}/api/v1/hops/summary?since=1h&exact=true"), runs),
+            "one": median_ms(lambda: _fetch(f"{api}/api/v1/traces/{trace_id}/hops"), runs),
+        }
+        groups = json.loads(_fetch(f"{api}/api/v1/hops/summary?since=1h"))["groups"]
+        measured["hops"] = sum(g["hops"] for g in groups)
+    finally:
+        server.stop(timeout=60)
+    return measured
 
 
 if __name__ == "__main__":
