@@ -25,10 +25,21 @@ def test_flag_beats_environment_beats_default() -> None:
     ({"api_port": "eighty"}, {}, "--api-port"),
     ({}, {"HOPSCOPE_MAX_MESSAGE_MIB": "0"}, "HOPSCOPE_MAX_MESSAGE_MIB"),
     ({}, {"HOPSCOPE_WORKERS": "-1"}, "HOPSCOPE_WORKERS"),
+    ({"partition": "5s"}, {}, "--partition"),
+    ({"partition": "2d"}, {}, "--partition"),
+    ({}, {"HOPSCOPE_RETENTION": "a week"}, "HOPSCOPE_RETENTION"),
+    ({"late_span_grace": "-1m"}, {}, "--late-span-grace"),
 ])
 def test_a_bad_value_names_its_flag_or_variable(arguments: dict, environ: dict, named: str) -> None:
     with pytest.raises(SettingsError, match=named):
         resolve_settings(arguments, environ)
+
+
+def test_durations_read_as_a_person_writes_them() -> None:
+    settings = resolve_settings({"partition": "10s", "late_span_grace": "90m"}, {"HOPSCOPE_RETENTION": "7d"})
+    assert (settings.partition, settings.late_span_grace, settings.retention) == (10, 5400, 7 * 86400)
+    defaults = resolve_settings({}, {})
+    assert (defaults.partition, defaults.late_span_grace, defaults.retention) == (3600, 300, 604800)
 
 
 def test_serve_exits_2_on_a_bad_setting_before_touching_anything(tmp_path: Path) -> None:
