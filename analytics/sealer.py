@@ -105,21 +105,18 @@ class Sealer:
         return len(due)
 
     def _due(self, cutoff: int) -> list[int]:
-        """Partitions whose end is at or before `cutoff` and that still have hot rows, oldest first."""
+        """Partitions whose end is at or before `cutoff` and that have hot rows ready to seal, oldest first (rows
+        the follower has not settled yet do not make a partition due: it would be sealed empty again and again)."""
         size = self._lifecycle.partition_ns
-        below = cutoff // size * size
         found: set[int] = set()
-        for relation in (partitions.SPANS, partitions.HOPS, partitions.CRITICAL_PATH,
-                         partitions.CRITICAL_PATH_TRACES, partitions.CLOCK_OFFSETS):
+        for relation, clause in self._selections(0, cutoff // size * size, cutoff).items():
             column = relation.time_column
             found.update(start for (start,) in self._db.execute(
-                f"SELECT DISTINCT {column} // {size} * {size} FROM {relation.hot} WHERE {column} < ?",
-                [below]).fetchall())
+                f"SELECT DISTINCT {column} // {size} * {size} FROM {relation.hot} WHERE {clause}").fetchall())
         return sorted(found)
 
-    def _selections(self, start: int, cutoff: int) -> dict[Relation, str]:
-        """Each copied relation's settled rows of the partition, as a WHERE clause."""
-        end = start + self._lifecycle.partition_ns
+    def _selections(self, start: int, end: int, cutoff: int) -> dict[Relation, str]:
+        """Each copied relation's settled rows with a time in [start, end), as a WHERE clause."""
         watermark = self._db.execute("SELECT coalesce(max(span_seq), -1) FROM hopscope_hops_watermark").fetchall()
         within = f"BETWEEN {start} AND {end - 1}"
         return {
@@ -132,7 +129,7 @@ class Sealer:
 
     def _seal(self, start: int, cutoff: int, now_ns: int) -> None:
         started = time.monotonic()
-        where = self._selections(start, cutoff)
+        where = self._selections(start, start + self._lifecycle.partition_ns, cutoff)
         hops = f"(SELECT * FROM {partitions.HOPS.hot} WHERE {where[partitions.HOPS]})"
         queries = {relation: f"SELECT {self._copy_columns(relation)} FROM {relation.hot} WHERE {clause} "
                              f"ORDER BY {relation.order_by}" for relation, clause in where.items()}

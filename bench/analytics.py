@@ -103,11 +103,13 @@ def main() -> None:
         minutes = [row[0] for row in db_cursor.execute(
             f"SELECT DISTINCT start_ns // {rollup.MINUTE_NS} * {rollup.MINUTE_NS} FROM hops").fetchall()]
         rollup.refresh_minutes(db_cursor, minutes)  # what the follower does for the minutes it touches
+        db_cursor.execute("UPDATE hopscope_hops_watermark SET span_seq = (SELECT max(seq) FROM spans_hot)")
         print(f"  spans loaded in {time.perf_counter() - started:.0f} s", flush=True)
         store.checkpoint()
         store.close()
 
         unsealed = _queries(db, args.runs)
+        duckdb_bytes = Path(db).stat().st_size
         sealed_db = str(Path(folder) / "sealed.duckdb")
         shutil.copy(db, sealed_db)
         seal = _seal(sealed_db, args.hot_minutes)
@@ -129,7 +131,7 @@ def main() -> None:
           f"{seal['partitions']} partitions")
     print(f"  bytes a span: spans in Parquet {seal['span_bytes'] / seal['spans']:.0f} B, every relation in Parquet "
           f"{seal['bytes'] / seal['spans']:.0f} B; the DuckDB file (spans + derived, checkpointed) "
-          f"{Path(db).stat().st_size / spans:.0f} B")
+          f"{duckdb_bytes / spans:.0f} B")
     print(f"  keeping hops ready: {hops_per_s:,.0f} hops/s")
 
 
@@ -147,8 +149,10 @@ def _seal(db: str, hot_minutes: int) -> dict[str, float | int | str]:
     span_bytes = cursor.execute("SELECT sum(bytes) FROM hopscope_partitions WHERE relation = 'spans'").fetchall()
     trace = cursor.execute("SELECT trace_id FROM spans_sealed LIMIT 1 OFFSET 1000").fetchall()[0][0]
     store.checkpoint()
+    blocks = cursor.execute("SELECT used_blocks, free_blocks FROM pragma_database_size()").fetchall()[0]
     store.close()
-    print(f"  sealed {sealer.progress.sealed_spans:,} spans in {seconds:.1f} s", flush=True)
+    print(f"  sealed {sealer.progress.sealed_spans:,} spans in {seconds:.1f} s; the hot file now has "
+          f"{blocks[0]:,} used and {blocks[1]:,} free blocks (reused by later inserts)", flush=True)
     return {"seconds": seconds, "spans": sealer.progress.sealed_spans, "partitions": sealer.progress.partitions,
             "bytes": sealer.progress.bytes, "span_bytes": int(span_bytes[0][0]), "sealed_trace": trace}
 
