@@ -128,6 +128,10 @@ def _set_classifier(classifier: Classifier) -> None:
     _WORKER_CLASSIFIER = classifier
 
 
+def _started() -> None:
+    """Nothing: submitted at once so that the pool starts its process (ProcessPoolExecutor starts it lazily)."""
+
+
 def _analyse_in_worker(spans: pa.Table, stored_windows: list[WindowRow]) -> BatchRows:
     assert _WORKER_CLASSIFIER is not None, "the worker's initializer sets the classifier"
     return analyse_batch(spans, stored_windows, _WORKER_CLASSIFIER)
@@ -145,7 +149,12 @@ class AnalyticsWorker:
         self._pool = self._new_pool()
 
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
-        return new_worker_pool(1, _set_classifier, (self._classifier,))
+        """A pool whose process is started now, not at the first batch: starting it (spawn, imports) took ~2 s on
+        a busy 2-core machine, the first settled traces waited for it, admission saw analytics behind and refused
+        ~1 s of Exports — which the apps' SDKs retried and Envoy's OTLP exporter dropped (a sidecar's spans lost)."""
+        pool = new_worker_pool(1, _set_classifier, (self._classifier,))
+        pool.submit(_started)
+        return pool
 
     def submit(self, spans: pa.Table, stored_windows: list[WindowRow]) -> concurrent.futures.Future[BatchRows]:
         try:

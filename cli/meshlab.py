@@ -131,6 +131,8 @@ def _run(lab: MeshLab, arguments: argparse.Namespace, workdir: Path) -> int:
     print(f"network up: namespaces hsl-*; starting hopscope serve on {HOST_ADDRESS} ({db})", flush=True)
     server = ServeProcess(str(db), ["--host", HOST_ADDRESS, "--grpc-port", str(arguments.grpc_port),
                                     "--api-port", str(arguments.api_port), "--settle-seconds", "2",
+                                    # never refuse the sidecars for analytics lag: Envoy drops a refused batch
+                                    "--max-analytics-lag-seconds", "0",
                                     "--sql-token", token], log_path=workdir / "serve.log").start()
     try:
         lab.start(otlp_port=int(server.grpc_target.rsplit(":", 1)[1]))

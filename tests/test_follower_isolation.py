@@ -8,12 +8,14 @@ raises for one chosen trace."""
 
 from __future__ import annotations
 
+import multiprocessing
+import time
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
-from hopscope.analytics import follower, pipeline
+from hopscope.analytics import batch, follower, pipeline
 from hopscope.analytics.classify import Classifier
 from hopscope.collector.columns import requests_to_record_batch
 from hopscope.collector.store import SpanStore
@@ -68,3 +70,16 @@ def test_a_trace_that_breaks_the_analytics_is_skipped_and_the_others_go_on(
     assert (with_paths if broken == "hops" else with_hops) == set(traces)
     assert keeper.traces_skipped == 1
     store.close()
+
+
+def test_the_analytics_worker_process_starts_with_serve_not_at_the_first_batch() -> None:
+    """Started lazily, the worker took ~2 s to spawn on a busy 2-core machine while the first settled traces waited
+    for it; admission saw analytics behind and refused Exports, and Envoy drops a refused batch."""
+    worker = batch.AnalyticsWorker(Classifier())
+    try:
+        deadline = time.monotonic() + 30
+        while not multiprocessing.active_children() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert multiprocessing.active_children(), "no worker process before any batch was submitted"
+    finally:
+        worker.close()
