@@ -76,6 +76,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hopscope-analytics-") as folder:
         db = str(Path(folder) / "analytics.duckdb")
         pool = _pool(args.pool_requests)
+        distinct = _distinct_bytes(Path(folder) / "distinct.duckdb", pool)
         copies = max(1, args.spans // pool.num_rows)
         print(f"loading {copies} × {pool.num_rows:,} spans = {copies * pool.num_rows:,} into {db}", flush=True)
         store = SpanStore(db)
@@ -129,10 +130,40 @@ def main() -> None:
     per_span_us = seal["seconds"] / seal["spans"] * 1e6
     print(f"  sealing: {seal['spans']:,} spans in {seal['seconds']:.1f} s = {per_span_us:.2f} µs a span, "
           f"{seal['partitions']} partitions")
-    print(f"  bytes a span: spans in Parquet {seal['span_bytes'] / seal['spans']:.0f} B, every relation in Parquet "
-          f"{seal['bytes'] / seal['spans']:.0f} B; the DuckDB file (spans + derived, checkpointed) "
-          f"{duckdb_bytes / spans:.0f} B")
+    print(f"  bytes a span, {pool.num_rows:,} distinct simulated spans: in Parquet {distinct['spans']:.0f} B (spans), "
+          f"{distinct['all']:.0f} B (every relation); the same in one DuckDB file {distinct['duckdb']:.0f} B; "
+          f"largest Parquet columns {distinct['columns']}")
+    print(f"  bytes a span, the replicated store (compresses better than real traffic: copies differ only by trace "
+          f"id): Parquet {seal['bytes'] / seal['spans']:.0f} B, DuckDB {duckdb_bytes / spans:.0f} B")
     print(f"  keeping hops ready: {hops_per_s:,.0f} hops/s")
+
+
+def _distinct_bytes(path: Path, pool: pa.Table) -> dict[str, float | str]:
+    """Bytes a span of distinct spans (the pool alone), in one checkpointed DuckDB file and sealed to Parquet."""
+    store = SpanStore(str(path))
+    store.append(pool, (0, 0))
+    follower = HopFollower(store.cursor, Classifier(), settle_seconds=0.0)
+    follower.step(0.0)
+    while follower.step(1e9):
+        pass
+    store.checkpoint()
+    duckdb_bytes = path.stat().st_size
+    assert store.parts_dir is not None
+    sealer = Sealer(store.cursor, store.parts_dir, Lifecycle(600 * 10**9, 86400 * 10**9, 0, 0))
+    while sealer.run_once(time.time_ns() + 3600 * 10**9):
+        pass
+    cursor = store.cursor()
+    spans_bytes = cursor.execute("SELECT sum(bytes) FROM hopscope_partitions WHERE relation = 'spans'"
+                                 ).fetchall()[0][0]
+    files = [f"'{p}'" for (p,) in cursor.execute("SELECT path FROM hopscope_partitions WHERE relation = 'spans'"
+                                                 ).fetchall()]
+    columns = cursor.execute(f"SELECT path_in_schema, sum(total_compressed_size) AS b FROM parquet_metadata("
+                             f"[{', '.join(files)}]) GROUP BY ALL ORDER BY b DESC LIMIT 4").fetchall()
+    total = sealer.progress.bytes
+    store.close()
+    rows = pool.num_rows
+    return {"spans": spans_bytes / rows, "all": total / rows, "duckdb": duckdb_bytes / rows,
+            "columns": ", ".join(f"{name} {size / rows:.0f} B" for name, size in columns)}
 
 
 def _seal(db: str, hot_minutes: int) -> dict[str, float | int | str]:
