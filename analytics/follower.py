@@ -16,9 +16,9 @@ writes the rows it returns in one transaction. Every statement of a pass touches
 history: a trace's old hops and path are deleted only when it had some (a late span after it settled), and the
 rollups are re-derived from the hops of the touched minutes only.
 
-Time partitions (collector/sealer.py, run by this thread between passes so that it never races a pass's writes) move
-settled rows to Parquet; a trace some of whose spans are sealed is never recomputed — the follower would see only its
-hot spans. Its late spans are stored and queryable, and counted in `traces_after_seal`.
+Time partitions (analytics/sealer.py) move settled rows to Parquet; a trace some of whose spans are sealed is never
+recomputed — the follower would see only its hot spans. Its late spans are stored and queryable, and counted in
+`traces_after_seal`.
 """
 
 from __future__ import annotations
@@ -118,7 +118,6 @@ class HopFollower:
         self.paths_written = 0
         self.traces_skipped = 0
         self.traces_after_seal = 0   # traces with spans arriving after some of theirs were sealed (not recomputed)
-        self.between_passes: Callable[[], None] = lambda: None   # serve's sealer: runs in this thread, between passes
         self.observe_lag: Callable[[float], None] = lambda seconds: None  # settle → committed, per trace (serve's
         # /metrics); `now` must then be time.monotonic()
         self.pass_traces = 0   # traces the running pass is recomputing (0 between passes): /metrics, shutdown log
@@ -167,7 +166,6 @@ class HopFollower:
                 # a full batch means more traces are settled and waiting: go again at once instead of idling
                 busy = self.step(time.monotonic()) >= MAX_TRACES_PER_PASS or self._in_flight is not None
                 self._failing = False
-                self.between_passes()   # handles its own failures: a seal that fails must not hold ingest back
             except Exception:  # never take the server down; the next pass retries from the watermark
                 self._failing = True
                 if self._stop.is_set():  # interrupted by the shutdown (SpanStore.close_readers): rolled back
@@ -218,10 +216,14 @@ class HopFollower:
         """Take the traces out of `_pending` (they stay in hopscope_follower_pending until written), read their
         spans and the clock windows around them, and start the analysis."""
         traces = {trace_id: self._pending.pop(trace_id) for trace_id in trace_ids}
-        rewritten = [t for t, pending in traces.items() if pending.written]
-        new = [t for t, pending in traces.items() if not pending.written]
         started = time.monotonic()
+        rewritten = [t for t, pending in traces.items() if pending.written]
         try:
+            self._drop_sealed(traces)
+            rewritten = [t for t, pending in traces.items() if pending.written]
+            new = [t for t, pending in traces.items() if not pending.written]
+            if not traces:
+                return _Batch(traces, rewritten, _done(BatchRows.empty()), started)
             spans = pa.concat_tables([self._read(group, traces) for group in (new, rewritten) if group])
             windows: list[WindowRow] = []
             if spans.num_rows:
@@ -233,6 +235,16 @@ class HopFollower:
             self._restore(_Batch(traces, rewritten, _done(BatchRows.empty()), started))
             raise
         return _Batch(traces, rewritten, rows, started)
+
+    def _drop_sealed(self, traces: dict[str, _Pending]) -> None:
+        """Leave the traces the sealer has marked since they were discovered (it sealed them in the meantime)."""
+        sealed = [trace_id for (trace_id,) in self._db.execute(
+            f"SELECT trace_id FROM trace_seqs WHERE sealed AND {_IN}", [list(traces)]).fetchall()]
+        if sealed:
+            self._db.execute(f"DELETE FROM hopscope_follower_pending WHERE {_IN}", [sealed])
+            for trace_id in sealed:
+                self.spans_analysed += traces.pop(trace_id).new_spans
+            self.traces_after_seal += len(sealed)
 
     def _restore(self, batch: _Batch) -> None:
         """Put a batch that was not written back into `_pending`, merged with what came for its traces since."""

@@ -18,14 +18,19 @@ the minutes they touch are re-derived from the hops that stay hot, so the views'
 a minute is split between hot rows and files. Clock-offset windows stay open for 10 minutes after they start: a
 window is sealed once it is closed, and a later fold into a sealed window goes hot and is merged by the view.
 
-Runs in the hop follower's thread between passes (HopFollower.between_passes), so a seal never races a pass's
-writes to the same rows.
+Runs in a thread of its own beside the hop follower: sealing an hour of heavy traffic takes minutes (~4 µs a span),
+and in the follower's thread it would stall the analytics — and admission, which holds ingest to their pace — for
+as long. The two never write the same rows: a seal leaves every trace the follower has pending alone, and where they
+could meet — a late span discovered while its trace is being sealed — both update the trace's `trace_seqs` row, so
+DuckDB aborts one of the two transactions and the loser retries (the seal next round; the follower's pass then sees
+the trace sealed and leaves it).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,20 +84,35 @@ class Sealer:
         self._parts_dir = parts_dir
         self._lifecycle = lifecycle
         self._clock_ns = clock_ns
-        self._next_run = 0.0
         self.progress = SealProgress()
         self._count()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sealer", daemon=True)
 
-    def __call__(self) -> None:
-        """One round if it is time (HopFollower.between_passes). Never raises: a failed round is logged and the next
-        one retries it — nothing is lost, the rows stay hot."""
-        if time.monotonic() < self._next_run:
-            return
-        self._next_run = time.monotonic() + self._lifecycle.check_interval_s
-        try:
-            self.run_once(self._clock_ns())
-        except Exception:
-            log.exception("sealing partitions failed; the rows stay in the hot store and the next round retries")
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Ask the thread to stop after its current seal; True once it has (False: still sealing at `timeout`; the
+        store's shutdown then interrupts it, the seal rolls back and the next start redoes it)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        """A round every check interval. A failed round is logged and the next one retries it: the rows stay hot."""
+        while not self._stop.wait(self._lifecycle.check_interval_s):
+            try:
+                self.run_once(self._clock_ns())
+            except Exception as exc:
+                if self._stop.is_set():   # interrupted by the shutdown (SpanStore.close_readers): rolled back
+                    log.info("seal interrupted at shutdown; the next start redoes it")
+                    return
+                if isinstance(exc, duckdb.TransactionException):   # met the follower on a trace: retried
+                    log.info("seal deferred to the next round: %s", str(exc).splitlines()[0])
+                else:
+                    log.exception("sealing partitions failed; the rows stay hot and the next round retries")
 
     def run_once(self, now_ns: int) -> int:
         """Seal the due partitions (up to MAX_PARTITIONS_PER_RUN) and drop the expired ones; returns seals done."""
@@ -129,6 +149,8 @@ class Sealer:
 
     def _seal(self, start: int, cutoff: int, now_ns: int) -> None:
         started = time.monotonic()
+        db = self._db
+        db.execute("BEGIN TRANSACTION")   # before the selections: the pending traces are read in its snapshot
         where = self._selections(start, start + self._lifecycle.partition_ns, cutoff)
         hops = f"(SELECT * FROM {partitions.HOPS.hot} WHERE {where[partitions.HOPS]})"
         queries = {relation: f"SELECT {self._copy_columns(relation)} FROM {relation.hot} WHERE {clause} "
@@ -137,8 +159,6 @@ class Sealer:
         queries[partitions.HOP_ROLLUP_BUCKETS] = (f"{rollup.buckets_query(hops)} "
                                                   f"ORDER BY caller, callee, measure, minute_ns, bucket")
         written: list[tuple[Relation, Path, int]] = []
-        db = self._db
-        db.execute("BEGIN TRANSACTION")
         try:
             for relation, query in queries.items():
                 file = self._write(relation, start, now_ns, query)

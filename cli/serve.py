@@ -3,7 +3,7 @@
 Start-up fails fast (exit 1 for a database in use or a port taken, 2 for bad settings). Shutdown on SIGTERM or
 SIGINT, in an order where no step can race the next: stop admitting Exports (new ones get a retryable
 UNAVAILABLE/503), let the in-flight ones reach the spool and be answered, close the receivers, drain the spool into
-DuckDB, stop the hop follower (its pass may finish for FOLLOWER_GRACE_SECONDS), stop the API and close the store's
+DuckDB, stop the hop follower and the sealer (a pass or a seal may finish for FOLLOWER_GRACE_SECONDS), stop the API and close the store's
 readers (a query still running after their grace is interrupted; new requests get 503), then checkpoint and close
 DuckDB once no other thread can be inside it, and exit 0.
 """
@@ -127,17 +127,19 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
     analytics_worker = AnalyticsWorker(classifier)
     follower = HopFollower(store.cursor, classifier, settings.settle_seconds, worker=analytics_worker)
     follower.observe_lag = metrics.watch_follower(follower)
+    sealer = None
     if store.parts_dir is not None:
         sealer = Sealer(store.cursor, store.parts_dir, Lifecycle(
             partition_ns=settings.partition * 10**9, retention_ns=settings.retention * 10**9,
             settle_ns=int(settings.settle_seconds * 1e9), grace_ns=settings.late_span_grace * 10**9))
-        follower.between_passes = sealer
         metrics.watch_partitions(sealer.progress)
     pipeline.watch_analytics(lambda accepted: follower.behind_seconds(time.monotonic(), accepted))
     metrics.watch_counts("hopscope_analytics_fallbacks", "Calls of an analytics step whose compiled form handed "
                          "back to the readable one (input it did not expect)", "step",
                          lambda: trace_accelerator.FALLBACKS)
     follower.start()
+    if sealer is not None:
+        sealer.start()
     await grpc_server.start()
     await set_serving(health, True)
     http_task = asyncio.create_task(otlp_http.serve(sockets=[http_sock]))
@@ -169,10 +171,13 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
     log.info("every acknowledged span stored after %.1f s", time.monotonic() - started)
     mid_pass = follower.pass_traces > 0
     follower_done = await asyncio.to_thread(follower.stop, FOLLOWER_GRACE_SECONDS)
+    sealer_done = sealer is None or await asyncio.to_thread(sealer.stop, FOLLOWER_GRACE_SECONDS)
     api.should_exit = True
     interrupted = await asyncio.to_thread(store.close_readers)  # the API's queries, and the follower if still busy
     if not follower_done:
         await asyncio.to_thread(follower.stop, FOLLOWER_GRACE_SECONDS)  # its interrupted pass has returned
+    if not sealer_done and sealer is not None:
+        await asyncio.to_thread(sealer.stop, FOLLOWER_GRACE_SECONDS)  # its interrupted seal has rolled back
     await api_task
     analytics_worker.close()
     follower_state = ("mid-pass, cut short" if follower.cut_short_at_stop else "mid-pass, finished it") \
