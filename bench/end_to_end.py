@@ -119,14 +119,21 @@ def _child(args: list[str]) -> tuple[subprocess.Popen[str], str]:
     return process, process.stdout.readline().split()[1]
 
 
+def _baseline_load(plan: Plan, pid: int, target: str) -> tuple[Sample, Sample, int, int, list[float]]:
+    """The well-behaved load against a baseline process, sampled over the window: (begin, end, acked, refused,
+    Export latencies)."""
+    start_at, window = _window(plan)
+    begin, t1 = sample_at(window[0], pid, None)
+    end, t2 = sample_at(window[1], pid, None)
+    acked, refused, latencies = _load(plan, target, WITH_UPSTREAM, WELL_BEHAVED, start_at, plan.seconds)
+    t1.join(), t2.join()
+    return begin, end, acked, refused, latencies
+
+
 def null_sink(plan: Plan) -> Figures:
     sink, target = _child([str(HERE / "null_sink.py")])
     try:
-        start_at, window = _window(plan)
-        begin, t1 = sample_at(window[0], sink.pid, None)
-        end, t2 = sample_at(window[1], sink.pid, None)
-        acked, _, latencies = _load(plan, target, WITH_UPSTREAM, WELL_BEHAVED, start_at, plan.seconds)
-        t1.join(), t2.join()
+        begin, end, acked, _, latencies = _baseline_load(plan, sink.pid, target)
         return Figures(stored_per_s=acked / plan.seconds, cpu_us_per_span=(end.cpu - begin.cpu) / max(acked, 1) * 1e6,
                        export_p50_ms=percentile(latencies, 0.5) * 1e3, export_p99_ms=percentile(latencies, 0.99) * 1e3)
     finally:
@@ -139,11 +146,7 @@ def reference(plan: Plan) -> Figures:
         db = Path(folder) / "reference.duckdb"
         collector, target = _child([str(HERE / "reference_collector.py"), str(db)])
         try:
-            start_at, window = _window(plan)
-            begin, t1 = sample_at(window[0], collector.pid, None)
-            end, t2 = sample_at(window[1], collector.pid, None)
-            acked, refused, latencies = _load(plan, target, WITH_UPSTREAM, WELL_BEHAVED, start_at, plan.seconds)
-            t1.join(), t2.join()
+            begin, end, acked, refused, latencies = _baseline_load(plan, collector.pid, target)
             rss = peak_rss_bytes(collector.pid)
         finally:
             collector.send_signal(signal.SIGTERM)
