@@ -1,5 +1,5 @@
-"""`hopscope rebuild`: recompute the derived relations (`hops`, `critical_path`, `clock_offsets`, …) from
-`spans`, e.g. after a rule change.
+"""`hopscope rebuild`: recompute the derived relations (`hops`, `critical_path`, `clock_offsets`, …) from the hot
+`spans`, e.g. after a rule change (sealed partitions keep what they were sealed with, docs/storage.md).
 
 Runs on a stopped service's file (DuckDB's single-writer lock makes that a requirement, and a clear error when it
 is not met)."""
@@ -36,6 +36,11 @@ def run_rebuild(arguments: argparse.Namespace) -> int:
         store.checkpoint()
         print(f"rebuild: done, {follower.hops_written:,} hops and {follower.paths_written:,} critical paths "
               f"in {time.monotonic() - started:.1f} s")
+        sealed = store.cursor().execute("SELECT count(DISTINCT partition_start_ns) FROM hopscope_partitions "
+                                        "WHERE relation = 'hops'").fetchall()[0][0]
+        if sealed:
+            print(f"rebuild: recomputed the hot store only; {sealed} sealed partition(s) keep the hops and paths "
+                  "they were sealed with (docs/storage.md)")
     finally:
         store.close()
     return 0

@@ -3,9 +3,9 @@
 Start-up fails fast (exit 1 for a database in use or a port taken, 2 for bad settings). Shutdown on SIGTERM or
 SIGINT, in an order where no step can race the next: stop admitting Exports (new ones get a retryable
 UNAVAILABLE/503), let the in-flight ones reach the spool and be answered, close the receivers, drain the spool into
-DuckDB, stop the hop follower and the sealer (a pass or a seal may finish for FOLLOWER_GRACE_SECONDS), stop the API and close the store's
-readers (a query still running after their grace is interrupted; new requests get 503), then checkpoint and close
-DuckDB once no other thread can be inside it, and exit 0.
+DuckDB, stop the hop follower and the sealer (a pass or a seal may finish for FOLLOWER_GRACE_SECONDS), stop the API
+and close the store's readers (a query still running after their grace is interrupted; new requests get 503), then
+checkpoint and close DuckDB once no other thread can be inside it, and exit 0.
 """
 
 from __future__ import annotations
