@@ -38,6 +38,7 @@ from hopscope.collector.metrics import IngestMetrics
 from hopscope.collector.pipeline import IngestPipeline, PipelineConfig
 from hopscope.collector.settings import Settings
 from hopscope.collector.store import IN_MEMORY, DatabaseInUse, SchemaTooNew, SpanStore, default_spool_dir
+from hopscope.collector.tokens import TokenFile, TokenFileError
 
 log = logging.getLogger("hopscope")
 GRACE_SECONDS = 4.0
@@ -111,7 +112,12 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
     except OSError as exc:
         print(f"hopscope serve: cannot listen on {settings.host}: {exc}", file=sys.stderr)
         return 1
-    grpc_server, health = build_grpc_server(pipeline, metrics, settings.max_message_bytes)
+    try:
+        ingest_tokens = TokenFile(Path(settings.ingest_token_file)) if settings.ingest_token_file else None
+    except TokenFileError as exc:
+        print(f"hopscope serve: --ingest-token-file: {exc}", file=sys.stderr)
+        return 2
+    grpc_server, health = build_grpc_server(pipeline, metrics, settings.max_message_bytes, ingest_tokens)
     grpc_port = grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
     if grpc_port == 0:
         print(f"hopscope serve: cannot listen on {settings.host}:{settings.grpc_port} for OTLP/gRPC", file=sys.stderr)
@@ -120,7 +126,7 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
     replaying = pipeline.start()
     store.lock_down()  # from here on, no file access, no Python objects by name, no SET: user SQL runs below
     http_sock, api_sock = sockets["http"], sockets["api"]
-    otlp_http = _http_server(OtlpHttpApp(pipeline, metrics, settings.max_message_bytes))
+    otlp_http = _http_server(OtlpHttpApp(pipeline, metrics, settings.max_message_bytes, ingest_tokens))
     exposed = not _is_loopback(settings.host)
     api = _http_server(build_api(lambda: pipeline.ready, metrics, store.cursor, classifier, settings.sql_token,
                                  exposed))

@@ -28,6 +28,8 @@ import grpc
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+UNAUTHENTICATED_MESSAGE = "missing or wrong bearer token (Authorization: Bearer <token>)"
+
 
 class ExportError(Exception):
     """An Export that fails as a whole; `reason` is the metric label, `str(self)` the client's message."""
@@ -90,6 +92,14 @@ class UnsupportedMedia(PermanentError):
     grpc_code = grpc.StatusCode.INVALID_ARGUMENT
     http_status = 415
     reason = "unsupported_media_type"
+
+
+class Unauthenticated(PermanentError):
+    """No or a wrong bearer token (--ingest-token-file). The message says nothing that would help a guesser."""
+
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+    http_status = 401
+    reason = "unauthenticated"
 
 
 class MethodNotAllowed(PermanentError):

@@ -11,21 +11,25 @@ from __future__ import annotations
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from hopscope.collector.errors import ExportError, error_status
+from hopscope.collector.errors import UNAUTHENTICATED_MESSAGE, ExportError, Unauthenticated, error_status
 from hopscope.collector.metrics import IngestMetrics
 from hopscope.collector.pipeline import IngestPipeline
+from hopscope.collector.tokens import TokenFile
 from hopscope.collector.validation import ValidatedExport, validate_protobuf
 
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 
 
 class TraceExportHandler:
-    def __init__(self, pipeline: IngestPipeline, metrics: IngestMetrics) -> None:
+    def __init__(self, pipeline: IngestPipeline, metrics: IngestMetrics, tokens: TokenFile | None) -> None:
         self._pipeline = pipeline
         self._metrics = metrics
+        self._tokens = tokens
 
     async def export(self, body: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         try:
+            if self._tokens is not None and not self._tokens.accepts(_authorization(context)):
+                raise Unauthenticated(UNAUTHENTICATED_MESSAGE)
             validated = await self._pipeline.export(len(body), lambda: _decoded(body), "protobuf")
         except ExportError as error:
             self._metrics.requests_refused.labels(error.reason).inc()
@@ -38,18 +42,26 @@ class TraceExportHandler:
         return validated.response().SerializeToString()
 
 
+def _authorization(context: grpc.aio.ServicerContext[bytes, bytes]) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return None
+
+
 async def _decoded(body: bytes) -> ValidatedExport:
     return validate_protobuf(body)
 
 
-def build_grpc_server(pipeline: IngestPipeline, metrics: IngestMetrics, max_message_bytes: int
-                      ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+def build_grpc_server(pipeline: IngestPipeline, metrics: IngestMetrics, max_message_bytes: int,
+                      tokens: TokenFile | None = None) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """`tokens`: the bearer tokens Export requires (the health service stays open for probes); None: no check."""
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", 4 * 1024 * 1024),
         ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
     ])
-    handler = TraceExportHandler(pipeline, metrics)
+    handler = TraceExportHandler(pipeline, metrics, tokens)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
         "Export": grpc.unary_unary_rpc_method_handler(handler.export),
     }),))

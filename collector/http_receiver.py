@@ -17,16 +17,19 @@ from typing import Any
 from google.protobuf import json_format
 
 from hopscope.collector.errors import (
+    UNAUTHENTICATED_MESSAGE,
     ExportError,
     MalformedRequest,
     MethodNotAllowed,
     TooLarge,
+    Unauthenticated,
     UnsupportedMedia,
     error_status,
 )
 from hopscope.collector.metrics import IngestMetrics
 from hopscope.collector.otlp_json import parse_json_request
 from hopscope.collector.pipeline import IngestPipeline
+from hopscope.collector.tokens import TokenFile
 from hopscope.collector.validation import ValidatedExport, validate_export, validate_protobuf
 
 Scope = MutableMapping[str, Any]
@@ -81,10 +84,13 @@ def _media_type(headers: dict[str, str]) -> str:
 
 
 class OtlpHttpApp:
-    def __init__(self, pipeline: IngestPipeline, metrics: IngestMetrics, max_message_bytes: int) -> None:
+    def __init__(self, pipeline: IngestPipeline, metrics: IngestMetrics, max_message_bytes: int,
+                 tokens: TokenFile | None = None) -> None:
+        """`tokens`: the bearer tokens POST /v1/traces requires; None: no check."""
         self._pipeline = pipeline
         self._metrics = metrics
         self._limit = max_message_bytes
+        self._tokens = tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # uvicorn runs this app with lifespan="off"
@@ -96,6 +102,8 @@ class OtlpHttpApp:
         media = _media_type(headers)
         answer_media = PROTOBUF if media == PROTOBUF else JSON
         try:
+            if self._tokens is not None and not self._tokens.accepts(headers.get("authorization")):
+                raise Unauthenticated(UNAUTHENTICATED_MESSAGE)   # before the body is read: no work for a guesser
             body = await self._read_body(scope, headers, media, receive)
             validated = await self._pipeline.export(len(body), lambda: _decoded(body, media), media)
         except ExportError as error:
@@ -141,6 +149,8 @@ class OtlpHttpApp:
             extra.append((b"retry-after", str(max(1, math.ceil(error.retry_after_seconds))).encode()))
         if isinstance(error, MethodNotAllowed):
             extra.append((b"allow", b"POST"))
+        if isinstance(error, Unauthenticated):
+            extra.append((b"www-authenticate", b'Bearer realm="hopscope"'))
         await _respond(send, error.http_status, media, body, extra)
 
 

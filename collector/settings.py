@@ -79,6 +79,11 @@ SETTINGS: tuple[Setting, ...] = (
             "(retryable) until analytics catches up, so ingest never outruns it. 0: never refuse for analytics "
             "(it falls behind under overload and catches up later)", lambda v: 0 <= v <= 3600,
             "seconds from 0 to 3600"),
+    Setting("ingest_token_file", str, "",
+            "file of bearer tokens (one per line) that OTLP Exports must carry (gRPC metadata or HTTP header "
+            "`authorization: Bearer <token>`); re-read when it changes, so a token is rotated without a restart. "
+            "Empty: no check (keep ingest on a private network)", lambda v: not v or Path(v).is_file(),
+            "a token file that exists"),
     Setting("sql_token", str, "",
             "bearer token that POST /api/v1/sql requires; when --host is not a loopback address the SQL endpoint "
             "stays closed until one is set"),
@@ -119,6 +124,7 @@ class Settings:
     max_backlog_seconds: float
     settle_seconds: float
     max_analytics_lag_seconds: float
+    ingest_token_file: str
     sql_token: str
     workers: int
     parts_dir: str

@@ -202,7 +202,7 @@ def test_sigkill_during_seals_loses_and_duplicates_nothing(start_serve: Callable
     lifecycle = ("--partition", "10s", "--late-span-grace", "0s", "--settle-seconds", "0.2")
     rng = random.Random(20261202)
     logs = []
-    for round_number in range(8):
+    for round_number in range(6):
         server = start_serve(*lifecycle)
         log = tmp_path / f"acked-{round_number}.txt"
         logs.append(log)
@@ -263,7 +263,7 @@ def _sql(server: ServeProcess, statement: str) -> list[list[Any]]:
 @pytest.mark.slow
 def test_soak_with_10s_partitions_keeps_the_disk_bounded_and_answers_equal_to_one_unsealed_store(
         start_serve: Callable[..., ServeProcess], tmp_path: Path) -> None:
-    retention_s, run_s = 30, 75
+    retention_s, run_s = 30, 60
     sealing = start_serve("--partition", "10s", "--retention", f"{retention_s}s", "--late-span-grace", "1s",
                           "--settle-seconds", "1")
     control = start_serve("--partition", "1d", "--settle-seconds", "1", db=tmp_path / "control.duckdb")
