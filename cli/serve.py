@@ -32,6 +32,7 @@ from hopscope.analytics.classify import Classifier, classifier_of
 from hopscope.analytics.follower import HopFollower
 from hopscope.analytics.sealer import Lifecycle, Sealer
 from hopscope.api import build_api
+from hopscope.api_auth import ApiAuth
 from hopscope.collector.grpc_receiver import build_grpc_server, set_serving
 from hopscope.collector.http_receiver import OtlpHttpApp
 from hopscope.collector.metrics import IngestMetrics
@@ -113,9 +114,10 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
         print(f"hopscope serve: cannot listen on {settings.host}: {exc}", file=sys.stderr)
         return 1
     try:
-        ingest_tokens = TokenFile(Path(settings.ingest_token_file)) if settings.ingest_token_file else None
+        ingest_tokens, api_tokens = (TokenFile(Path(name)) if name else None
+                                     for name in (settings.ingest_token_file, settings.api_token_file))
     except TokenFileError as exc:
-        print(f"hopscope serve: --ingest-token-file: {exc}", file=sys.stderr)
+        print(f"hopscope serve: {exc}", file=sys.stderr)
         return 2
     grpc_server, health = build_grpc_server(pipeline, metrics, settings.max_message_bytes, ingest_tokens)
     grpc_port = grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
@@ -128,8 +130,8 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
     http_sock, api_sock = sockets["http"], sockets["api"]
     otlp_http = _http_server(OtlpHttpApp(pipeline, metrics, settings.max_message_bytes, ingest_tokens))
     exposed = not _is_loopback(settings.host)
-    api = _http_server(build_api(lambda: pipeline.ready, metrics, store.cursor, classifier, settings.sql_token,
-                                 exposed))
+    api_app = build_api(lambda: pipeline.ready, metrics, store.cursor, classifier, settings.sql_token, exposed)
+    api = _http_server(api_app if api_tokens is None else ApiAuth(api_app, api_tokens, metrics.api_unauthenticated))
     analytics_worker = AnalyticsWorker(classifier)
     follower = HopFollower(store.cursor, classifier, settings.settle_seconds, worker=analytics_worker)
     follower.observe_lag = metrics.watch_follower(follower)
@@ -221,4 +223,10 @@ def _print_endpoints(settings: Settings, grpc_port: int, http_sock: socket.socke
                      f"{settings.retention / 86400:g} days")
     if replaying:
         lines.append(f"  replaying {replaying} acknowledged spans from the spool into DuckDB")
+    if not _is_loopback(host):
+        for what, token_file in (("OTLP ingest", settings.ingest_token_file), ("the API and pages",
+                                                                               settings.api_token_file)):
+            if not token_file:
+                lines.append(f"  WARNING: {what} on {host} takes anyone who can reach it: no token file is set "
+                             "and nothing is encrypted (docs/deploy.md)")
     print("\n".join(lines), flush=True)

@@ -43,6 +43,8 @@ class IngestMetrics:
                                     registry=r)
         self.held_bytes = Gauge("hopscope_refusals_held_bytes", "Bytes of refused requests whose answer is held for "
                                 "their retry delay (clients that resend at once wait as asked)", registry=r)
+        self.api_unauthenticated = Counter("hopscope_api_requests_unauthenticated", "API-port requests refused "
+                                           "for a missing or wrong API token (login attempts included)", registry=r)
         self.database_bytes = Gauge("hopscope_database_bytes", "DuckDB file plus WAL size", registry=r)
 
     def watch_database_size(self, size: Callable[[], int]) -> None:

@@ -84,6 +84,11 @@ SETTINGS: tuple[Setting, ...] = (
             "`authorization: Bearer <token>`); re-read when it changes, so a token is rotated without a restart. "
             "Empty: no check (keep ingest on a private network)", lambda v: not v or Path(v).is_file(),
             "a token file that exists"),
+    Setting("api_token_file", str, "",
+            "file of bearer tokens (one per line) the API port requires — REST API, /metrics, OpenAPI docs and pages "
+            "(a browser signs in once at /login; HttpOnly, SameSite=Strict cookie); /healthz and /readyz stay open. "
+            "Re-read when it changes. Empty: no check", lambda v: not v or Path(v).is_file(),
+            "a token file that exists"),
     Setting("sql_token", str, "",
             "bearer token that POST /api/v1/sql requires; when --host is not a loopback address the SQL endpoint "
             "stays closed until one is set"),
@@ -125,6 +130,7 @@ class Settings:
     settle_seconds: float
     max_analytics_lag_seconds: float
     ingest_token_file: str
+    api_token_file: str
     sql_token: str
     workers: int
     parts_dir: str
