@@ -263,7 +263,7 @@ def _sql(server: ServeProcess, statement: str) -> list[list[Any]]:
 @pytest.mark.slow
 def test_soak_with_10s_partitions_keeps_the_disk_bounded_and_answers_equal_to_one_unsealed_store(
         start_serve: Callable[..., ServeProcess], tmp_path: Path) -> None:
-    retention_s, run_s = 30, 60
+    retention_s, run_s = 20, 48
     sealing = start_serve("--partition", "10s", "--retention", f"{retention_s}s", "--late-span-grace", "1s",
                           "--settle-seconds", "1")
     control = start_serve("--partition", "1d", "--settle-seconds", "1", db=tmp_path / "control.duckdb")
