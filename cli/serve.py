@@ -39,6 +39,8 @@ from hopscope.collector.metrics import IngestMetrics
 from hopscope.collector.pipeline import IngestPipeline, PipelineConfig
 from hopscope.collector.settings import Settings
 from hopscope.collector.store import IN_MEMORY, DatabaseInUse, SchemaTooNew, SpanStore, default_spool_dir
+from hopscope.collector.tls import RECHECK_SECONDS as TLS_RECHECK_SECONDS
+from hopscope.collector.tls import TlsError, TlsFiles
 from hopscope.collector.tokens import TokenFile, TokenFileError
 
 log = logging.getLogger("hopscope")
@@ -65,10 +67,29 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _http_server(app: object) -> _Server:
+def _http_server(app: object, tls: TlsFiles | None = None) -> _Server:
     config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,  # type: ignore[arg-type]
-                            timeout_graceful_shutdown=int(GRACE_SECONDS))
+                            timeout_graceful_shutdown=int(GRACE_SECONDS),
+                            ssl_context_factory=None if tls is None else lambda config, default: tls.ssl_context())
     return _Server(config)
+
+
+async def _refresh_tls(tls: TlsFiles) -> None:
+    """Renewed certificate files reach the HTTP listeners (gRPC looks at them itself, per handshake)."""
+    while True:
+        await asyncio.sleep(TLS_RECHECK_SECONDS)
+        tls.refresh_http_context()
+
+
+def _tls_files(settings: Settings) -> TlsFiles | None:
+    if not (settings.tls_cert or settings.tls_key):
+        if settings.tls_client_ca:
+            raise TlsError("--tls-client-ca needs --tls-cert and --tls-key: mutual TLS is TLS first")
+        return None
+    if not (settings.tls_cert and settings.tls_key):
+        raise TlsError("--tls-cert and --tls-key go together")
+    return TlsFiles(Path(settings.tls_cert), Path(settings.tls_key),
+                    Path(settings.tls_client_ca) if settings.tls_client_ca else None)
 
 
 @dataclass(frozen=True)
@@ -119,8 +140,15 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
     except TokenFileError as exc:
         print(f"hopscope serve: {exc}", file=sys.stderr)
         return 2
+    try:
+        tls = _tls_files(settings)
+    except TlsError as exc:
+        print(f"hopscope serve: {exc}", file=sys.stderr)
+        return 2
     grpc_server, health = build_grpc_server(pipeline, metrics, settings.max_message_bytes, ingest_tokens)
-    grpc_port = grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    grpc_address = f"{settings.host}:{settings.grpc_port}"
+    grpc_port = grpc_server.add_secure_port(grpc_address, tls.grpc_credentials()) if tls is not None \
+        else grpc_server.add_insecure_port(grpc_address)
     if grpc_port == 0:
         print(f"hopscope serve: cannot listen on {settings.host}:{settings.grpc_port} for OTLP/gRPC", file=sys.stderr)
         return 1
@@ -128,10 +156,11 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
     replaying = pipeline.start()
     store.lock_down()  # from here on, no file access, no Python objects by name, no SET: user SQL runs below
     http_sock, api_sock = sockets["http"], sockets["api"]
-    otlp_http = _http_server(OtlpHttpApp(pipeline, metrics, settings.max_message_bytes, ingest_tokens))
+    otlp_http = _http_server(OtlpHttpApp(pipeline, metrics, settings.max_message_bytes, ingest_tokens), tls)
     exposed = not _is_loopback(settings.host)
     api_app = build_api(lambda: pipeline.ready, metrics, store.cursor, classifier, settings.sql_token, exposed)
-    api = _http_server(api_app if api_tokens is None else ApiAuth(api_app, api_tokens, metrics.api_unauthenticated))
+    api = _http_server(api_app if api_tokens is None else ApiAuth(api_app, api_tokens, metrics.api_unauthenticated),
+                       tls)
     analytics_worker = AnalyticsWorker(classifier)
     follower = HopFollower(store.cursor, classifier, settings.settle_seconds, worker=analytics_worker)
     follower.observe_lag = metrics.watch_follower(follower)
@@ -151,6 +180,7 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
     await grpc_server.start()
     await set_serving(health, True)
     http_task = asyncio.create_task(otlp_http.serve(sockets=[http_sock]))
+    tls_task = asyncio.create_task(_refresh_tls(tls)) if tls is not None else None
     api_task = asyncio.create_task(api.serve(sockets=[api_sock]))
 
     stop = asyncio.Event()
@@ -159,9 +189,10 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
         loop.add_signal_handler(signum, stop.set)
     _print_endpoints(settings, grpc_port, http_sock, api_sock, replaying, store.parts_dir)
     if on_ready is not None:
+        scheme = "https" if settings.tls_cert else "http"
         endpoints = Endpoints(f"{settings.host}:{grpc_port}",
-                              f"http://{settings.host}:{http_sock.getsockname()[1]}/v1/traces",
-                              f"http://{settings.host}:{api_sock.getsockname()[1]}")
+                              f"{scheme}://{settings.host}:{http_sock.getsockname()[1]}/v1/traces",
+                              f"{scheme}://{settings.host}:{api_sock.getsockname()[1]}")
         threading.Thread(target=on_ready, args=(endpoints, lambda: loop.call_soon_threadsafe(stop.set)),
                          name="on-ready", daemon=True).start()
     await stop.wait()
@@ -187,6 +218,8 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
     if not sealer_done and sealer is not None:
         await asyncio.to_thread(sealer.stop, FOLLOWER_GRACE_SECONDS)  # its interrupted seal has rolled back
     await api_task
+    if tls_task is not None:
+        tls_task.cancel()
     analytics_worker.close()
     follower_state = ("mid-pass, cut short" if follower.cut_short_at_stop else "mid-pass, finished it") \
         if mid_pass else "idle"
@@ -208,11 +241,12 @@ def _is_loopback(host: str) -> bool:
 def _print_endpoints(settings: Settings, grpc_port: int, http_sock: socket.socket, api_sock: socket.socket,
                      replaying: int, parts_dir: Path | None) -> None:
     host = settings.host
-    api_url = f"http://{host}:{api_sock.getsockname()[1]}"
+    scheme = "https" if settings.tls_cert else "http"
+    api_url = f"{scheme}://{host}:{api_sock.getsockname()[1]}"
     lines = [
         f"hopscope serving on DuckDB {settings.db}",
-        f"  otlp-grpc  {host}:{grpc_port}",
-        f"  otlp-http  http://{host}:{http_sock.getsockname()[1]}/v1/traces",
+        f"  otlp-grpc  {host}:{grpc_port}{'   (TLS)' if settings.tls_cert else ''}",
+        f"  otlp-http  {scheme}://{host}:{http_sock.getsockname()[1]}/v1/traces",
         f"  api        {api_url}   (docs {api_url}/docs, metrics {api_url}/metrics)",
         f"  pages      {api_url}/   (service map, edges, traces, critical path, search)",
     ]
@@ -226,7 +260,10 @@ def _print_endpoints(settings: Settings, grpc_port: int, http_sock: socket.socke
     if not _is_loopback(host):
         for what, token_file in (("OTLP ingest", settings.ingest_token_file), ("the API and pages",
                                                                                settings.api_token_file)):
-            if not token_file:
-                lines.append(f"  WARNING: {what} on {host} takes anyone who can reach it: no token file is set "
-                             "and nothing is encrypted (docs/deploy.md)")
+            if not token_file and not settings.tls_client_ca:
+                lines.append(f"  WARNING: {what} on {host} takes anyone who can reach it: no token file, no client "
+                             "certificates (docs/deploy.md)")
+        if not settings.tls_cert:
+            lines.append(f"  WARNING: nothing on {host} is encrypted (no --tls-cert): tokens and spans cross the "
+                         "network in the clear")
     print("\n".join(lines), flush=True)

@@ -89,6 +89,15 @@ SETTINGS: tuple[Setting, ...] = (
             "(a browser signs in once at /login; HttpOnly, SameSite=Strict cookie); /healthz and /readyz stay open. "
             "Re-read when it changes. Empty: no check", lambda v: not v or Path(v).is_file(),
             "a token file that exists"),
+    Setting("tls_cert", str, "",
+            "PEM certificate (chain) every listener serves — OTLP gRPC, OTLP HTTP, API — with --tls-key; TLS 1.2 at "
+            "least; re-read when the files change. Empty: plain text", lambda v: not v or Path(v).is_file(),
+            "a certificate file that exists"),
+    Setting("tls_key", str, "", "PEM private key of --tls-cert", lambda v: not v or Path(v).is_file(),
+            "a key file that exists"),
+    Setting("tls_client_ca", str, "",
+            "PEM CA bundle: with it, every listener requires a client certificate it signed (mutual TLS)",
+            lambda v: not v or Path(v).is_file(), "a CA file that exists"),
     Setting("sql_token", str, "",
             "bearer token that POST /api/v1/sql requires; when --host is not a loopback address the SQL endpoint "
             "stays closed until one is set"),
@@ -131,6 +140,9 @@ class Settings:
     max_analytics_lag_seconds: float
     ingest_token_file: str
     api_token_file: str
+    tls_cert: str
+    tls_key: str
+    tls_client_ca: str
     sql_token: str
     workers: int
     parts_dir: str
