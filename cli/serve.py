@@ -137,12 +137,8 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
     try:
         ingest_tokens, api_tokens = (TokenFile(Path(name)) if name else None
                                      for name in (settings.ingest_token_file, settings.api_token_file))
-    except TokenFileError as exc:
-        print(f"hopscope serve: {exc}", file=sys.stderr)
-        return 2
-    try:
         tls = _tls_files(settings)
-    except TlsError as exc:
+    except (TokenFileError, TlsError) as exc:
         print(f"hopscope serve: {exc}", file=sys.stderr)
         return 2
     grpc_server, health = build_grpc_server(pipeline, metrics, settings.max_message_bytes, ingest_tokens)
