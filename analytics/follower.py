@@ -217,14 +217,12 @@ class HopFollower:
         spans and the clock windows around them, and start the analysis."""
         traces = {trace_id: self._pending.pop(trace_id) for trace_id in trace_ids}
         started = time.monotonic()
-        rewritten = [t for t, pending in traces.items() if pending.written]
         try:
             self._drop_sealed(traces)
-            rewritten = [t for t, pending in traces.items() if pending.written]
-            new = [t for t, pending in traces.items() if not pending.written]
             if not traces:
-                return _Batch(traces, rewritten, _done(BatchRows.empty()), started)
-            spans = pa.concat_tables([self._read(group, traces) for group in (new, rewritten) if group])
+                return _Batch(traces, [], _done(BatchRows.empty()), started)
+            new = [t for t, pending in traces.items() if not pending.written]
+            spans = pa.concat_tables([self._read(group, traces) for group in (new, self._rewritten(traces)) if group])
             windows: list[WindowRow] = []
             if spans.num_rows:
                 low, high = pc.min_max(spans["start_ns"]).values()
@@ -232,9 +230,14 @@ class HopFollower:
             rows = self._worker.submit(spans, windows) if self._worker is not None else \
                 _done(analyse_batch(spans, windows, self._classifier))
         except BaseException:
-            self._restore(_Batch(traces, rewritten, _done(BatchRows.empty()), started))
+            self._restore(_Batch(traces, self._rewritten(traces), _done(BatchRows.empty()), started))
             raise
-        return _Batch(traces, rewritten, rows, started)
+        return _Batch(traces, self._rewritten(traces), rows, started)
+
+    @staticmethod
+    def _rewritten(traces: dict[str, _Pending]) -> list[str]:
+        """The traces that have rows to replace (a late span after they were written)."""
+        return [trace_id for trace_id, pending in traces.items() if pending.written]
 
     def _drop_sealed(self, traces: dict[str, _Pending]) -> None:
         """Leave the traces the sealer has marked since they were discovered (it sealed them in the meantime)."""

@@ -33,13 +33,13 @@ from hopscope.analytics.follower import HopFollower
 from hopscope.analytics.sealer import Lifecycle, Sealer
 from hopscope.api import build_api
 from hopscope.api_auth import ApiAuth
+from hopscope.collector.file_watch import RECHECK_SECONDS as TLS_RECHECK_SECONDS
 from hopscope.collector.grpc_receiver import build_grpc_server, set_serving
 from hopscope.collector.http_receiver import OtlpHttpApp
 from hopscope.collector.metrics import IngestMetrics
 from hopscope.collector.pipeline import IngestPipeline, PipelineConfig
 from hopscope.collector.settings import Settings
 from hopscope.collector.store import IN_MEMORY, DatabaseInUse, SchemaTooNew, SpanStore, default_spool_dir
-from hopscope.collector.tls import RECHECK_SECONDS as TLS_RECHECK_SECONDS
 from hopscope.collector.tls import TlsError, TlsFiles
 from hopscope.collector.tokens import TokenFile, TokenFileError
 

@@ -13,16 +13,14 @@ down.
 from __future__ import annotations
 
 import logging
-import os
 import ssl
-import threading
-import time
 from pathlib import Path
 
 import grpc
 
+from hopscope.collector.file_watch import FileWatch
+
 log = logging.getLogger("hopscope.collector")
-RECHECK_SECONDS = 1.0
 
 
 class TlsError(ValueError):
@@ -32,25 +30,11 @@ class TlsError(ValueError):
 class TlsFiles:
     def __init__(self, cert: Path, key: Path, client_ca: Path | None) -> None:
         self.cert, self.key, self.client_ca = cert, key, client_ca
-        self._lock = threading.Lock()
-        self._checked = 0.0
-        self._identity = self._stat()
+        self._watch = FileWatch([cert, key, *([client_ca] if client_ca else [])])
         self._pem = self._read()
         self._generation = 0   # bumped by every successful re-read; each listener remembers the one it serves
         self._context = self._new_context()
         self._context_generation = 0
-
-    def _files(self) -> list[Path]:
-        return [self.cert, self.key, *([self.client_ca] if self.client_ca else [])]
-
-    def _stat(self) -> tuple[tuple[int, int, int] | None, ...]:
-        def one(path: Path) -> tuple[int, int, int] | None:
-            try:
-                st = os.stat(path)
-            except OSError:
-                return None
-            return st.st_ino, st.st_size, st.st_mtime_ns
-        return tuple(one(path) for path in self._files())
 
     def _read(self) -> tuple[bytes, bytes, bytes | None]:
         try:
@@ -69,15 +53,9 @@ class TlsFiles:
         return cert, key, ca
 
     def _refresh(self) -> int:
-        """Re-read the files if they changed (looked at most once per RECHECK_SECONDS); the current generation."""
-        now = time.monotonic()
-        if now - self._checked < RECHECK_SECONDS:
-            return self._generation
-        with self._lock:
-            self._checked = now
-            identity = self._stat()
-            if identity != self._identity:
-                self._identity = identity
+        """Re-read the files if they changed; the current generation."""
+        with self._watch.lock:
+            if self._watch.changed():
                 try:
                     self._pem = self._read()
                     self._generation += 1

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
-import threading
-import time
 from pathlib import Path
 
+from hopscope.collector.file_watch import FileWatch
+
 log = logging.getLogger("hopscope.collector")
-RECHECK_SECONDS = 1.0  # how often the file's identity (inode, size, mtime) is looked at, at most
 SCHEME = "bearer "
 
 
@@ -40,32 +38,17 @@ class TokenFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._tokens = _read(path)
-        self._identity = self._stat()
-        self._checked = time.monotonic()
-        self._lock = threading.Lock()
-
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return st.st_ino, st.st_size, st.st_mtime_ns
+        self._watch = FileWatch([path])
 
     def _refresh(self) -> None:
-        now = time.monotonic()
-        if now - self._checked < RECHECK_SECONDS:
-            return
-        with self._lock:
-            self._checked = now
-            identity = self._stat()
-            if identity == self._identity:
+        with self._watch.lock:
+            if not self._watch.changed():
                 return
             try:
                 self._tokens = _read(self.path)
                 log.info("token file %s re-read: %d token(s)", self.path, len(self._tokens))
             except TokenFileError as exc:
                 log.error("%s; keeping the %d token(s) read before", exc, len(self._tokens))
-            self._identity = identity
 
     def accepts(self, authorization: str | None) -> bool:
         """Whether an `Authorization` header value carries one of the tokens (`Bearer <token>`)."""

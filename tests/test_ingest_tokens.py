@@ -72,7 +72,7 @@ def test_the_sdk_gets_in_with_its_token_and_is_refused_without_it(
     assert sorted(span["name"] for span in read_spans(server.db)) == ["with token one", "with token two"]
 
 
-def test_a_refusal_over_http_is_a_bare_401_and_the_body_is_not_read(start_serve: Callable[..., ServeProcess],
+def test_a_refusal_over_http_is_a_bare_401_that_gives_a_guesser_nothing(start_serve: Callable[..., ServeProcess],
                                                                      tmp_path: Path) -> None:
     tokens = tmp_path / "ingest.tokens"
     tokens.write_text("right\n")
