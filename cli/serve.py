@@ -39,6 +39,7 @@ from hopscope.collector.http_receiver import OtlpHttpApp
 from hopscope.collector.metrics import IngestMetrics
 from hopscope.collector.pipeline import IngestPipeline, PipelineConfig
 from hopscope.collector.settings import Settings
+from hopscope.collector.spool_recovery import SpoolDamaged
 from hopscope.collector.store import IN_MEMORY, DatabaseInUse, SchemaTooNew, SpanStore, default_spool_dir
 from hopscope.collector.tls import TlsError, TlsFiles
 from hopscope.collector.tokens import TokenFile, TokenFileError
@@ -127,7 +128,8 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
     pipeline = IngestPipeline(store, PipelineConfig(
         spool_dir=default_spool_dir(settings.db), workers=settings.workers,
         max_inflight_bytes=settings.max_inflight_bytes, max_backlog_seconds=settings.max_backlog_seconds,
-        max_analytics_lag_seconds=settings.max_analytics_lag_seconds), metrics)
+        max_analytics_lag_seconds=settings.max_analytics_lag_seconds, spool_quarantine=settings.spool_quarantine),
+        metrics)
     try:
         sockets = {name: _listen(settings.host, port) for name, port in
                    (("http", settings.http_port), ("api", settings.api_port))}
@@ -149,7 +151,12 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
         print(f"hopscope serve: cannot listen on {settings.host}:{settings.grpc_port} for OTLP/gRPC", file=sys.stderr)
         return 1
 
-    replaying = pipeline.start()
+    try:
+        replaying = pipeline.start()
+    except SpoolDamaged as exc:
+        print(f"hopscope serve: {exc}", file=sys.stderr)
+        pipeline.close()
+        return 1
     store.lock_down()  # from here on, no file access, no Python objects by name, no SET: user SQL runs below
     http_sock, api_sock = sockets["http"], sockets["api"]
     otlp_http = _http_server(OtlpHttpApp(pipeline, metrics, settings.max_message_bytes, ingest_tokens), tls)

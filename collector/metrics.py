@@ -31,6 +31,9 @@ class IngestMetrics:
         self.spans_quarantined = Counter("hopscope_spans_quarantined",
                                          "Spans whose record could not be flattened, kept in the spool's quarantine",
                                          registry=r)
+        self.spool_records_unreadable = Counter(
+            "hopscope_spool_records_unreadable", "Acknowledged spool records found damaged at start-up and set aside "
+            "by --spool-quarantine (estimated from the record headers in the damaged bytes)", registry=r)
         self.commit_seconds = Histogram("hopscope_duckdb_commit_seconds", "DuckDB append+commit latency",
                                         buckets=_LATENCY_BUCKETS, registry=r)
         self.fsync_seconds = Histogram("hopscope_spool_group_commit_seconds",

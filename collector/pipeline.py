@@ -32,17 +32,24 @@ import pyarrow as pa
 
 from hopscope.collector.backlog import MAX_RETRY_SECONDS, MIN_RETRY_SECONDS, Backlog, BytesPerSpan
 from hopscope.collector.columns import flatten_spool_range, requests_to_record_batch
-from hopscope.collector.errors import AnalyticsBehind, Overloaded, RetryableError, ShuttingDown
+from hopscope.collector.errors import (
+    AnalyticsBehind,
+    Overloaded,
+    RetryableError,
+    ShuttingDown,
+    StorageUnavailable,
+)
 from hopscope.collector.metrics import IngestMetrics
 from hopscope.collector.refusal_hold import RefusalHold
 from hopscope.collector.spool import (
     SpoolRecord,
     SpoolWriter,
+    describe_os_error,
     list_segments,
     read_payloads,
-    recover_segment,
     segment_path,
 )
+from hopscope.collector.spool_recovery import QUARANTINE_DIR, recover_spool
 from hopscope.collector.store import SpanStore
 from hopscope.collector.validation import ValidatedExport
 from hopscope.worker_pool import new_worker_pool
@@ -59,6 +66,7 @@ class PipelineConfig:
     max_inflight_bytes: int
     max_backlog_seconds: float
     max_analytics_lag_seconds: float = 0.0  # 0: analytics never holds ingest back
+    spool_quarantine: bool = False  # damaged spool segments: set aside and start (True) or refuse to start
 
 
 @dataclass
@@ -98,8 +106,11 @@ class IngestPipeline:
     # ---- life cycle -------------------------------------------------------------------------------------------
 
     def start(self) -> int:
-        """Recover the spool (replaying what DuckDB lacks), start the threads; returns the spans being replayed."""
-        replay = self._recover()
+        """Recover the spool (replaying what DuckDB lacks), start the threads; returns the spans being replayed.
+        Raises SpoolDamaged when acknowledged records cannot be read (unless the config quarantines them)."""
+        recovery = recover_spool(self._spool_dir, self._store.spool_watermark(), self._config.spool_quarantine)
+        self._metrics.spool_records_unreadable.inc(recovery.unreadable_records)
+        replay = recovery.records
         first_segment = max([0, *list_segments(self._spool_dir)]) + 1
         watermark = self._store.spool_watermark()
         if watermark is not None:
@@ -113,17 +124,6 @@ class IngestPipeline:
         self._applier.start()
         self._accepting = True
         return replay_spans
-
-    def _recover(self) -> list[SpoolRecord]:
-        watermark = self._store.spool_watermark() or (0, 0)
-        records: list[SpoolRecord] = []
-        for segment in list_segments(self._spool_dir):
-            path = segment_path(self._spool_dir, segment)
-            if segment < watermark[0]:
-                path.unlink()  # fully stored before the last stop
-                continue
-            records.extend(recover_segment(path, watermark[1] if segment == watermark[0] else 0))
-        return records
 
     def stop_accepting(self) -> None:
         self._accepting = False
@@ -146,7 +146,9 @@ class IngestPipeline:
 
     @property
     def ready(self) -> bool:
-        return self._accepting and self._failure is None
+        """Taking Exports and storing them: not starting or draining, the spool writable, DuckDB committing."""
+        return self._accepting and self._failure is None and self._spool is not None \
+            and self._spool.unwritable is None
 
     # ---- the Export path --------------------------------------------------------------------------------------
 
@@ -165,6 +167,8 @@ class IngestPipeline:
             if self._inflight_bytes and self._inflight_bytes + body_size > self._config.max_inflight_bytes:
                 raise Overloaded(f"{self._inflight_bytes} request bytes already in flight (limit "
                                  f"{self._config.max_inflight_bytes}); retry shortly")
+            if (unwritable := self._spool.unwritable) is not None:
+                raise StorageUnavailable(f"the spool cannot be written ({describe_os_error(unwritable)}); retry later")
             self._backlog.check(size.spans_in(body_size))
             self._check_analytics()
         except RetryableError as refusal:
@@ -292,7 +296,7 @@ class IngestPipeline:
 
     def _quarantine(self, record: SpoolRecord, payload: bytes, exc: Exception) -> None:
         """Keep an acknowledged record we cannot flatten instead of losing it or blocking all ingest behind it."""
-        quarantine = self._spool_dir / "quarantine"
+        quarantine = self._spool_dir / QUARANTINE_DIR
         quarantine.mkdir(exist_ok=True)
         (quarantine / f"{record.segment:012d}-{record.start:012d}.pb").write_bytes(payload)
         self._metrics.spans_quarantined.inc(record.spans)

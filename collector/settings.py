@@ -47,6 +47,17 @@ def duration_seconds(text: str) -> int:
     return int(float(text))
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def boolean(text: str) -> bool:
+    """A switch: the flag alone means true; its environment twin takes 1/true/yes/on or 0/false/no/off."""
+    if text.strip().lower() in _TRUE:
+        return True
+    if text.strip().lower() in _FALSE:
+        return False
+    raise ValueError(text)
+
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("db", str, "./hopscope.duckdb",
@@ -119,6 +130,11 @@ SETTINGS: tuple[Setting, ...] = (
             "how long a sealed partition's files are kept after they were sealed (live data: its end plus the "
             "settle window and the grace), then deleted; replayed old data counts from its arrival",
             lambda v: v >= 10, "a duration of at least 10s"),
+    Setting("spool_quarantine", boolean, "false",
+            "start even though the spool holds damaged acknowledged records (a bit flip, a record cut short in the "
+            "middle of a segment): keep a copy of each damaged segment in PATH.spool/quarantine/, replay every record "
+            "that can still be read, and report how many could not. Without it serve refuses to start and names the "
+            "file and offset", requirement="true or false"),
     Setting("rules", str, "",
             "YAML or JSON file of span classification rules, tried before the built-in ones (docs/hop-model.md, "
             "'Rules'): the follower, the API and `hopscope rebuild` all use it; GET /api/v1/rules shows the table",
@@ -149,6 +165,7 @@ class Settings:
     partition: int
     late_span_grace: int
     retention: int
+    spool_quarantine: bool
     rules: str
 
     @property
@@ -166,8 +183,10 @@ class SettingsError(ValueError):
 
 def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
     for setting in SETTINGS:
+        switch = setting.type is boolean  # the flag alone turns it on
         parser.add_argument(setting.flag, dest=setting.name, default=None, metavar=setting.name.split("_")[-1].upper(),
-                            help=f"{setting.help} [env {setting.env}, default {setting.default}]")
+                            help=f"{setting.help} [env {setting.env}, default {setting.default}]",
+                            nargs="?" if switch else None, const="true" if switch else None)
 
 
 def resolve_setting(setting: Setting, arguments: Mapping[str, Any], environ: Mapping[str, str]) -> Any:

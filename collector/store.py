@@ -13,6 +13,8 @@ failure of either is logged, not raised, because every commit is already durable
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import os
 import re
@@ -121,8 +123,8 @@ class SpanStore:
         """Insert the rows and move the watermark, atomically."""
         connection = self._connection
         connection.execute("BEGIN TRANSACTION")
+        first, self._next_seq = self._next_seq, self._next_seq + spans.num_rows
         try:
-            first, self._next_seq = self._next_seq, self._next_seq + spans.num_rows
             spans = spans.append_column("seq", pa.array(range(first, self._next_seq), pa.int64()))
             connection.register("incoming_spans", spans)
             connection.execute(_INSERT_SPANS)
@@ -131,7 +133,9 @@ class SpanStore:
             connection.execute("INSERT INTO hopscope_spool_watermark VALUES (?, ?)", list(watermark))
             connection.execute("COMMIT")
         except BaseException:
-            connection.execute("ROLLBACK")
+            self._next_seq = first  # the retry numbers the same rows again: no gaps in seq
+            with contextlib.suppress(duckdb.Error):  # a failed COMMIT (a full disk) has rolled back already
+                connection.execute("ROLLBACK")
             raise
 
     def cursor(self) -> duckdb.DuckDBPyConnection:

@@ -29,6 +29,7 @@ def test_flag_beats_environment_beats_default() -> None:
     ({"partition": "2d"}, {}, "--partition"),
     ({}, {"HOPSCOPE_RETENTION": "a week"}, "HOPSCOPE_RETENTION"),
     ({"late_span_grace": "-1m"}, {}, "--late-span-grace"),
+    ({}, {"HOPSCOPE_SPOOL_QUARANTINE": "maybe"}, "HOPSCOPE_SPOOL_QUARANTINE"),
 ])
 def test_a_bad_value_names_its_flag_or_variable(arguments: dict, environ: dict, named: str) -> None:
     with pytest.raises(SettingsError, match=named):
@@ -40,6 +41,20 @@ def test_durations_read_as_a_person_writes_them() -> None:
     assert (settings.partition, settings.late_span_grace, settings.retention) == (10, 5400, 7 * 86400)
     defaults = resolve_settings({}, {})
     assert (defaults.partition, defaults.late_span_grace, defaults.retention) == (3600, 300, 604800)
+
+
+def test_a_switch_is_on_as_a_bare_flag_or_a_yes_in_its_variable() -> None:
+    import argparse
+
+    from hopscope.collector.settings import add_setting_arguments
+
+    parser = argparse.ArgumentParser()
+    add_setting_arguments(parser)
+    assert resolve_settings(vars(parser.parse_args(["--spool-quarantine"])), {}).spool_quarantine is True
+    assert resolve_settings(vars(parser.parse_args([])), {"HOPSCOPE_SPOOL_QUARANTINE": "yes"}).spool_quarantine is True
+    assert resolve_settings(vars(parser.parse_args(["--spool-quarantine", "false"])),
+                            {"HOPSCOPE_SPOOL_QUARANTINE": "1"}).spool_quarantine is False
+    assert resolve_settings({}, {}).spool_quarantine is False
 
 
 def test_serve_exits_2_on_a_bad_setting_before_touching_anything(tmp_path: Path) -> None:
