@@ -39,7 +39,7 @@ from hopscope.collector.http_receiver import OtlpHttpApp
 from hopscope.collector.metrics import IngestMetrics
 from hopscope.collector.pipeline import IngestPipeline, PipelineConfig
 from hopscope.collector.settings import Settings
-from hopscope.collector.spool_recovery import SpoolDamaged
+from hopscope.collector.spool_recovery import SpoolRefused
 from hopscope.collector.store import IN_MEMORY, DatabaseInUse, SchemaTooNew, SpanStore, default_spool_dir
 from hopscope.collector.tls import TlsError, TlsFiles
 from hopscope.collector.tokens import TokenFile, TokenFileError
@@ -153,7 +153,7 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
 
     try:
         replaying = pipeline.start()
-    except SpoolDamaged as exc:
+    except SpoolRefused as exc:
         print(f"hopscope serve: {exc}", file=sys.stderr)
         pipeline.close()
         return 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,8 +76,20 @@ class SpoolRecovery:
         return sum(damage.unreadable_records for damage in self.quarantined)
 
 
-class SpoolDamaged(Exception):
-    """Acknowledged records that cannot be read: serve must not start and silently lose them."""
+class SpoolRefused(Exception):
+    """The spool holds acknowledged records that start-up cannot replay: serve must not start and lose them."""
+
+
+class SpoolFromOlderVersion(SpoolRefused):
+    def __init__(self, path: Path, offset: int) -> None:
+        super().__init__(
+            f"{path} holds unreplayed records from byte {offset} in the spool format of an earlier hopscope (no "
+            "record magic). Start the earlier version once and stop it cleanly: that stores them in DuckDB and the "
+            "next start reads nothing from the old segment.")
+
+
+class SpoolDamaged(SpoolRefused):
+    """Acknowledged records that cannot be read."""
 
     def __init__(self, damages: list[Damage]) -> None:
         self.damages = damages
@@ -100,6 +113,15 @@ def _record_at(data: memoryview, offset: int) -> tuple[int, int, bool] | None:
     if magic != MAGIC or spans == 0 or end > len(data) or zlib.crc32(data[offset + RECORD_HEADER.size: end]) != crc:
         return None
     return end, spans, bool(flagged_spans & GROUP_START)
+
+
+def _format_1_record_at(data: memoryview, offset: int) -> bool:
+    """A whole record of the spool before the magic (u32 length | u32 crc | u32 spans | payload)?"""
+    if offset + 12 > len(data) or bytes(data[offset: offset + 4]) == MAGIC:
+        return False
+    length, crc, spans = struct.unpack_from("<III", data, offset)
+    end = offset + 12 + length
+    return bool(spans > 0 and end <= len(data) and zlib.crc32(data[offset + 12: end]) == crc)
 
 
 def _next_group_start(data: memoryview, offset: int, raw: bytes) -> int | None:
@@ -135,6 +157,8 @@ def scan_segment(path: Path, start: int, newest: bool) -> SegmentScan:
     segment = segment_number(path)
     scan = SegmentScan(path)
     offset = start
+    if _format_1_record_at(data, offset):
+        raise SpoolFromOlderVersion(path, offset)
     while offset < len(data):
         record = _record_at(data, offset)
         if record is not None:

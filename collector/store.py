@@ -14,7 +14,6 @@ failure of either is logged, not raised, because every commit is already durable
 from __future__ import annotations
 
 import contextlib
-
 import logging
 import os
 import re

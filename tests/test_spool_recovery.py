@@ -8,13 +8,14 @@ from __future__ import annotations
 import os
 import struct
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from hopscope.collector.spool import MAGIC, RECORD_HEADER, SpoolRecord, SpoolWriter, read_payloads, segment_path
-from hopscope.collector.spool_recovery import QUARANTINE_DIR, SpoolDamaged, recover_spool
+from hopscope.collector.spool_recovery import QUARANTINE_DIR, SpoolDamaged, SpoolFromOlderVersion, recover_spool
 from hopscope.serve_process import ServeProcess
 from tests.conftest import count_spans
 from tests.otlp_requests import request_with
@@ -152,6 +153,15 @@ def test_an_interrupted_quarantine_is_redone(tmp_path: Path) -> None:
     path.with_name(path.name + ".tmp").write_bytes(b"half a rewrite, cut by a crash before its rename")
     assert len(recover_spool(tmp_path, None, quarantine=True).records) == len(PAYLOADS) - 1
     assert not path.with_name(path.name + ".tmp").exists()
+
+
+def test_a_spool_from_before_the_magic_is_refused_not_cut_as_a_torn_tail(tmp_path: Path) -> None:
+    """Format 1 (u32 length | crc | spans | payload) would read as one long torn tail: it must stop the start."""
+    payload = b"an acknowledged request written by an earlier version"
+    segment_path(tmp_path, 3).write_bytes(struct.pack("<III", len(payload), zlib.crc32(payload), 2) + payload)
+    with pytest.raises(SpoolFromOlderVersion, match="000000000003.spool holds unreplayed records from byte 0"):
+        recover_spool(tmp_path, (3, 0), quarantine=True)
+    assert segment_path(tmp_path, 3).stat().st_size == 12 + len(payload)
 
 
 # ---- serve ------------------------------------------------------------------------------------------------------
