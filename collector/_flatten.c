@@ -356,15 +356,31 @@ static int add(PyObject **columns, int column, PyObject *value) {
     return rc;
 }
 
+/* Bytes promote as the base64 text they have in the attributes JSON (columns.py turns them into that string before
+ * promoting): `scratch` holds the text, `out` views it as a string. Anything else is returned as it is. */
+static const value_t *bytes_as_text(buf_t *scratch, const value_t *v, value_t *out) {
+    if (v->type != V_BYTES) return v;
+    scratch->len = 0;
+    if (json_base64(scratch, (const uint8_t *)v->raw.ptr, v->raw.len) < 0) return NULL;
+    out->type = V_STRING;
+    out->raw.ptr = scratch->data + 1;     /* without the quotes */
+    out->raw.len = scratch->len - 2;
+    return out;
+}
+
 /* A promoted column's value for one attribute: str stays str, anything else becomes its JSON text. */
 static PyObject *promoted_text(buf_t *b, const value_t *v) {
+    value_t text;
+    if (!(v = bytes_as_text(b, v, &text))) return NULL;
     if (v->type == V_STRING) return str_of(v->raw.ptr, v->raw.len);
     if (v->type == V_NONE) Py_RETURN_NONE;
     b->len = 0;
     if (json_value(b, v, 0) < 0) return NULL;
     return buf_str(b);
 }
-static PyObject *promoted_status(const value_t *v) {
+static PyObject *promoted_status(buf_t *scratch, const value_t *v) {
+    value_t text;
+    if (!(v = bytes_as_text(scratch, v, &text))) return NULL;
     int64_t n = 0;
     if (v->type == V_INT) n = v->i;
     else if (v->type == V_STRING) {
@@ -379,7 +395,9 @@ static PyObject *promoted_status(const value_t *v) {
     return PyLong_FromLongLong(n);
 }
 /* `http://host:8080/work?i=1` → `/work?i=1` (columns._path_of_url). */
-static PyObject *path_of_url(const value_t *v) {
+static PyObject *path_of_url(buf_t *scratch, const value_t *v) {
+    value_t text;
+    if (!(v = bytes_as_text(scratch, v, &text))) return NULL;
     if (v->type != V_STRING) Py_RETURN_NONE;
     const char *s = v->raw.ptr; Py_ssize_t n = v->raw.len, from = 0;
     for (Py_ssize_t i = 0; i + 2 < n; i++) if (s[i] == ':' && s[i + 1] == '/' && s[i + 2] == '/') { from = i + 3; break; }
@@ -561,14 +579,14 @@ static int flatten_span(state_t *st, const char *p, Py_ssize_t n, PyObject *cons
         const promotion_t *pr = &promotions[i];
         const value_t *v = first_present(&st->span_attrs, pr->span_keys, pr->n_span_keys);
         PyObject *value;
-        if (v) value = pr->status_code ? promoted_status(v) : promoted_text(&st->json, v);
+        if (v) value = pr->status_code ? promoted_status(&st->json, v) : promoted_text(&st->json, v);
         else if (resource_promoted[i] != Py_None) { value = resource_promoted[i]; Py_INCREF(value); }
         else if (pr->derive_url) {
             static PyObject *url_keys[2];
             if (!url_keys[0]) { url_keys[0] = PyBytes_FromString("url.full"); url_keys[1] = PyBytes_FromString("http.url"); }
             const value_t *url = NULL;
             for (int j = 0; j < 2 && !url; j++) url = find_attr(&st->span_attrs, url_keys[j]);
-            value = url ? path_of_url(url) : (Py_INCREF(Py_None), Py_None);
+            value = url ? path_of_url(&st->json, url) : (Py_INCREF(Py_None), Py_None);
         } else { value = Py_None; Py_INCREF(value); }
         if (add(cols, pr->column, value) < 0) return -1;
     }
@@ -649,7 +667,8 @@ static int flatten_resource_spans(state_t *st, const char *p, Py_ssize_t n) {
     for (; made < n_promotions; made++) {
         const value_t *v = first_present(&st->resource_attrs, promotions[made].resource_keys,
                                          promotions[made].n_resource_keys);
-        resource_promoted[made] = v ? (promotions[made].status_code ? promoted_status(v) : promoted_text(&st->json, v))
+        resource_promoted[made] = v ? (promotions[made].status_code ? promoted_status(&st->json, v)
+                                                                    : promoted_text(&st->json, v))
                                     : (Py_INCREF(Py_None), Py_None);
         if (!resource_promoted[made]) goto done;
     }

@@ -27,6 +27,8 @@ def parse_json_request(body: bytes) -> ExportTraceServiceRequest:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedRequest(f"body is not valid JSON: {exc}") from exc
+    except RecursionError:  # found by tests/test_fuzz.py: it escaped as a server error
+        raise MalformedRequest("body is not valid OTLP/JSON: nested deeper than any OTLP value needs") from None
     if not isinstance(document, dict):
         raise MalformedRequest("body must be a JSON object (an ExportTraceServiceRequest)")
     for resource_spans in _members(document, "resourceSpans", "resource_spans"):
