@@ -68,23 +68,39 @@ def _holds(span: Mapping[str, Any], field: str, op: str, expected: Any) -> bool:
     raise ValueError(f"unknown condition operator {op!r}")
 
 
-_ENVOY = ("resource.telemetry.sdk.name", "eq", "envoy")
 _LINKERD = ("resource.k8s.container.name", "eq", "linkerd-proxy")
+# Envoy: its OpenTelemetry tracer names itself in the resource; its Zipkin tracer sends no resource, but every Envoy
+# span carries Envoy's own tracing tag component=proxy (both tracers set it)
+_ENVOY_OTEL = ("resource.telemetry.sdk.name", "eq", "envoy")
+_ENVOY_ZIPKIN = ("attribute.component", "eq", "proxy")
+
+
+def _envoy_rules(envoy: tuple[str, str, str], tracer: str) -> tuple[Rule, ...]:
+    return (
+        # Envoy's upstream-attempt spans carry no node_id, so a gateway's attempts are proxy_upstream_outbound spans
+        Rule("gateway", (envoy, ("attribute.node_id", "prefix", "router~")), f"Istio gateway listener span{tracer}"),
+        Rule("waypoint", (envoy, ("attribute.upstream_cluster", "prefix", "inbound-vip|")),
+             f"ambient waypoint{tracer}"),
+        Rule("proxy_upstream_outbound", (envoy, ("name", "prefix", "router "),
+                                         ("attribute.upstream_cluster", "prefix", "outbound|")),
+             f"Envoy attempt span{tracer}"),
+        Rule("proxy_upstream_inbound", (envoy, ("name", "prefix", "router "),
+                                        ("attribute.upstream_cluster", "prefix", "inbound|")),
+             f"Envoy attempt span{tracer}"),
+        Rule("proxy_outbound", (envoy, ("attribute.upstream_cluster", "prefix", "outbound|")),
+             f"sidecar outbound{tracer}"),
+        Rule("proxy_inbound", (envoy, ("attribute.upstream_cluster", "prefix", "inbound|")),
+             f"sidecar inbound{tracer}"),
+    )
+
 
 BUILT_IN_RULES: tuple[Rule, ...] = (
     Rule("layer_iptables", (("attribute.hopscope.layer", "eq", "iptables"),), "explicit layer (eBPF agents)"),
     Rule("layer_network", (("attribute.hopscope.layer", "eq", "network"),), "explicit layer"),
     Rule("layer_proxy", (("attribute.hopscope.layer", "eq", "proxy"),), "explicit layer"),
     Rule("layer_app", (("attribute.hopscope.layer", "eq", "app"),), "explicit layer"),
-    # Envoy's upstream-attempt spans carry no node_id, so a gateway's attempts are proxy_upstream_outbound spans
-    Rule("gateway", (_ENVOY, ("attribute.node_id", "prefix", "router~")), "Istio gateway listener span"),
-    Rule("waypoint", (_ENVOY, ("attribute.upstream_cluster", "prefix", "inbound-vip|")), "ambient waypoint"),
-    Rule("proxy_upstream_outbound", (_ENVOY, ("name", "prefix", "router "),
-                                     ("attribute.upstream_cluster", "prefix", "outbound|")), "Envoy attempt span"),
-    Rule("proxy_upstream_inbound", (_ENVOY, ("name", "prefix", "router "),
-                                    ("attribute.upstream_cluster", "prefix", "inbound|")), "Envoy attempt span"),
-    Rule("proxy_outbound", (_ENVOY, ("attribute.upstream_cluster", "prefix", "outbound|")), "sidecar outbound"),
-    Rule("proxy_inbound", (_ENVOY, ("attribute.upstream_cluster", "prefix", "inbound|")), "sidecar inbound"),
+    *_envoy_rules(_ENVOY_OTEL, ""),
+    *_envoy_rules(_ENVOY_ZIPKIN, " (Zipkin tracer)"),
     Rule("proxy_upstream_outbound", (_LINKERD, ("attribute.direction", "eq", "outbound"), ("kind", "eq", "CLIENT")),
          "linkerd2-proxy endpoint span"),
     Rule("proxy_outbound", (_LINKERD, ("attribute.direction", "eq", "outbound")), "linkerd2-proxy outbound server"),

@@ -43,6 +43,7 @@ from hopscope.analytics.skew import (
 )
 from hopscope.analytics.trace import Trace
 from hopscope.analytics.trace_path import SERVICE_ATTRIBUTES, TracePath, path_compiled, path_of
+from hopscope.collector.zipkin import SHARED_SPAN_ATTRIBUTE
 
 
 @dataclass
@@ -108,7 +109,7 @@ class Step:
 def read_ahead(classifier: Classifier) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The attribute and resource keys the later steps read: the compiled `trace` step reads them in its one pass
     over the spans (a long trace's maps do not stay in cache between passes)."""
-    return ((*DOMAIN_ATTRIBUTE_KEYS, *classifier.keys("attribute"), *SERVICE_ATTRIBUTES),
+    return ((*DOMAIN_ATTRIBUTE_KEYS, *classifier.keys("attribute"), *SERVICE_ATTRIBUTES, SHARED_SPAN_ATTRIBUTE),
             (*DOMAIN_RESOURCE_KEYS, *classifier.keys("resource"), "app"))
 
 

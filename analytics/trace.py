@@ -8,7 +8,11 @@ step runs, so no step has to cope with them on its own:
 * a span id that repeats keeps its first span (a client that retried its Export sent it twice), and a span without
   an id is left out: nothing can name it as a parent, and OTLP requires one;
 * times are integers (ns); a span whose times are not numbers is left out;
-* a map that is not a dict (never from the store) reads as empty, a parent id that is not a string as none.
+* a map that is not a dict (never from the store) reads as empty, a parent id that is not a string as none;
+* a span whose parent is a Zipkin *shared* span (Envoy's default `shared_span_context`: the callee's SERVER half
+  reused the caller's CLIENT span id; ingest gave it an id of its own and kept the shared one in
+  `zipkin.shared_span_id`, collector/zipkin.py) is the child of the SERVER half it started in — the callee's app
+  named the shared id, meaning the callee side — not of the caller's CLIENT half.
 
 `Trace.read` is the readable implementation of the pipeline's `trace` step; `Trace.compiled` (the C accelerator's
 `columns`) its compiled form, for spans already in the store's shape; tests/test_pipeline_steps.py compares them.
@@ -29,6 +33,7 @@ from itertools import compress, repeat
 from typing import Any
 
 from hopscope.analytics import trace_accelerator
+from hopscope.collector.zipkin import SHARED_SPAN_ATTRIBUTE
 
 EMPTY: dict[str, Any] = {}
 
@@ -135,7 +140,7 @@ class Trace:
         trace = cls(spans, *read[:12])
         for source, keys, values in (("attributes", attribute_keys, read[12]), ("resources", resource_keys, read[13])):
             trace._read.update(((source, key), values) for key, values in zip(keys, values, strict=True))
-        return trace
+        return trace.adopt_shared_children()
 
     @classmethod
     def read(cls, spans: Sequence[dict[str, Any]]) -> Trace:
@@ -159,4 +164,25 @@ class Trace:
         resources = [m if isinstance(m, dict) and m else EMPTY for m in column(unique, "resource_attributes")]
         return cls(unique, ids, parent_ids, [s for s, _ in times], [e for _, e in times], column(unique, "kind"),
                    column(unique, "service_name"), attributes, resources, column(unique, "links"),
-                   column(unique, "name"), position, [position.get(p, -1) if p else -1 for p in parent_ids])
+                   column(unique, "name"), position,
+                   [position.get(p, -1) if p else -1 for p in parent_ids]).adopt_shared_children()
+
+    def adopt_shared_children(self) -> Trace:
+        """The shared-span rule above: each other child of a CLIENT half moves to the SERVER half (of possibly
+        several: a retried call) whose time holds its start; one of no half's time stays where it was."""
+        marks = self.fields("attributes", (SHARED_SPAN_ATTRIBUTE,))[0]
+        if not any(marks):
+            return self
+        halves: dict[int, list[int]] = {}
+        for i, mark in enumerate(marks):
+            if mark and self.parent[i] >= 0 and self.parent_ids[i] == mark:
+                halves.setdefault(self.parent[i], []).append(i)
+        for i, parent in enumerate(self.parent):
+            servers = halves.get(parent)
+            if servers is None or i in servers:
+                continue
+            holding = [h for h in servers if self.start[h] <= self.start[i] <= self.end[h]]
+            if holding:
+                half = max(holding, key=self.start.__getitem__)
+                self.parent[i], self.parent_ids[i] = half, self.ids[half]
+        return self

@@ -43,6 +43,7 @@ from hopscope.collector.spool_recovery import SpoolRefused
 from hopscope.collector.store import IN_MEMORY, DatabaseInUse, SchemaTooNew, SpanStore, default_spool_dir
 from hopscope.collector.tls import TlsError, TlsFiles
 from hopscope.collector.tokens import TokenFile, TokenFileError
+from hopscope.collector.zipkin_receiver import ZipkinHttpApp
 
 log = logging.getLogger("hopscope")
 GRACE_SECONDS = 4.0
@@ -132,7 +133,8 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
         metrics)
     try:
         sockets = {name: _listen(settings.host, port) for name, port in
-                   (("http", settings.http_port), ("api", settings.api_port))}
+                   (("http", settings.http_port), ("zipkin", settings.zipkin_port), ("api", settings.api_port))
+                   if port >= 0}
     except OSError as exc:
         print(f"hopscope serve: cannot listen on {settings.host}: {exc}", file=sys.stderr)
         return 1
@@ -158,8 +160,9 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
         pipeline.close()
         return 1
     store.lock_down()  # from here on, no file access, no Python objects by name, no SET: user SQL runs below
-    http_sock, api_sock = sockets["http"], sockets["api"]
+    http_sock, api_sock, zipkin_sock = sockets["http"], sockets["api"], sockets.get("zipkin")
     otlp_http = _http_server(OtlpHttpApp(pipeline, metrics, settings.max_message_bytes, ingest_tokens), tls)
+    zipkin = _http_server(ZipkinHttpApp(pipeline, metrics, settings.max_message_bytes, ingest_tokens), tls)
     exposed = not _is_loopback(settings.host)
     api_app = build_api(lambda: pipeline.ready, metrics, store.cursor, classifier, settings.sql_token, exposed)
     api = _http_server(api_app if api_tokens is None else ApiAuth(api_app, api_tokens, metrics.api_unauthenticated),
@@ -183,6 +186,7 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
     await grpc_server.start()
     await set_serving(health, True)
     http_task = asyncio.create_task(otlp_http.serve(sockets=[http_sock]))
+    zipkin_task = asyncio.create_task(zipkin.serve(sockets=[zipkin_sock])) if zipkin_sock is not None else None
     tls_task = asyncio.create_task(_refresh_tls(tls)) if tls is not None else None
     api_task = asyncio.create_task(api.serve(sockets=[api_sock]))
 
@@ -190,7 +194,7 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    _print_endpoints(settings, grpc_port, http_sock, api_sock, replaying, store.parts_dir)
+    _print_endpoints(settings, grpc_port, http_sock, zipkin_sock, api_sock, replaying, store.parts_dir)
     if on_ready is not None:
         scheme = "https" if settings.tls_cert else "http"
         endpoints = Endpoints(f"{settings.host}:{grpc_port}",
@@ -205,8 +209,8 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
     faulthandler.dump_traceback_later(SLOW_SHUTDOWN_SECONDS)  # a stop that hangs leaves its stacks in the log
     pipeline.stop_accepting()
     await set_serving(health, False)
-    otlp_http.should_exit = True
-    await asyncio.gather(grpc_server.stop(GRACE_SECONDS), http_task)
+    otlp_http.should_exit = zipkin.should_exit = True
+    await asyncio.gather(grpc_server.stop(GRACE_SECONDS), http_task, *([zipkin_task] if zipkin_task else []))
     log.info("receivers closed after %.1f s; draining %d spans into DuckDB", time.monotonic() - started,
              pipeline.unstored_spans)
     await asyncio.to_thread(pipeline.close)
@@ -241,8 +245,8 @@ def _is_loopback(host: str) -> bool:
         return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
 
 
-def _print_endpoints(settings: Settings, grpc_port: int, http_sock: socket.socket, api_sock: socket.socket,
-                     replaying: int, parts_dir: Path | None) -> None:
+def _print_endpoints(settings: Settings, grpc_port: int, http_sock: socket.socket, zipkin_sock: socket.socket | None,
+                     api_sock: socket.socket, replaying: int, parts_dir: Path | None) -> None:
     host = settings.host
     scheme = "https" if settings.tls_cert else "http"
     api_url = f"{scheme}://{host}:{api_sock.getsockname()[1]}"
@@ -250,6 +254,7 @@ def _print_endpoints(settings: Settings, grpc_port: int, http_sock: socket.socke
         f"hopscope serving on DuckDB {settings.db}",
         f"  otlp-grpc  {host}:{grpc_port}{'   (TLS)' if settings.tls_cert else ''}",
         f"  otlp-http  {scheme}://{host}:{http_sock.getsockname()[1]}/v1/traces",
+        *([f"  zipkin     {scheme}://{host}:{zipkin_sock.getsockname()[1]}/api/v2/spans"] if zipkin_sock else []),
         f"  api        {api_url}   (docs {api_url}/docs, metrics {api_url}/metrics)",
         f"  pages      {api_url}/   (service map, edges, traces, critical path, search)",
     ]

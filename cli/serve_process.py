@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_ENDPOINT = re.compile(r"^\s+(otlp-grpc|otlp-http|api)\s+(\S+)")
+_ENDPOINT = re.compile(r"^\s+(otlp-grpc|otlp-http|zipkin|api)\s+(\S+)")
 
 
 def _stop_with_parent() -> None:
@@ -35,7 +35,7 @@ class ServeProcess:
 
     def start(self, timeout: float = 30.0) -> ServeProcess:
         args = [sys.executable, "-m", "hopscope", "serve", "--db", self.db, "--grpc-port", "0", "--http-port", "0",
-                "--api-port", "0", *self.extra_args]
+                "--api-port", "0", "--zipkin-port", "0", *self.extra_args]
         log = open(self.log_path, "a") if self.log_path else None  # noqa: SIM115 - closed once the child has it
         try:
             self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log or subprocess.DEVNULL, text=True,
@@ -47,7 +47,7 @@ class ServeProcess:
                 log.close()
         deadline = time.monotonic() + timeout
         assert self.process.stdout is not None
-        while len(self.endpoints) < 3:
+        while "api" not in self.endpoints:  # printed last
             line = self.process.stdout.readline()
             if not line:
                 raise RuntimeError(f"hopscope serve exited with {self.process.wait()} before it was ready"
@@ -66,6 +66,10 @@ class ServeProcess:
     @property
     def http_url(self) -> str:
         return self.endpoints["otlp-http"]
+
+    @property
+    def zipkin_url(self) -> str:
+        return self.endpoints["zipkin"]
 
     @property
     def api_url(self) -> str:

@@ -69,6 +69,10 @@ SETTINGS: tuple[Setting, ...] = (
             _port, "a port number 0-65535"),
     Setting("http_port", int, 4318, "OTLP/HTTP port (POST /v1/traces, protobuf or JSON); 0 picks a free one",
             _port, "a port number 0-65535"),
+    Setting("zipkin_port", int, 9411,
+            "Zipkin v2 port (POST /api/v2/spans, JSON or protobuf: Istio's and Envoy's zipkin tracers, Zipkin "
+            "exporters); 0 picks a free one, -1 turns it off", lambda v: -1 <= v <= 65535,
+            "a port number 0-65535, or -1 for off"),
     Setting("api_port", int, 8080, "REST API, /healthz, /readyz, /metrics and pages; 0 picks a free one",
             _port, "a port number 0-65535"),
     Setting("max_message_mib", float, 16.0,
@@ -148,6 +152,7 @@ class Settings:
     host: str
     grpc_port: int
     http_port: int
+    zipkin_port: int
     api_port: int
     max_message_mib: float
     max_inflight_mib: float

@@ -92,7 +92,7 @@ def test_a_second_server_on_the_same_file_exits_quickly_saying_it_is_in_use(star
     assert control.returncode == 2, control.stderr   # a bad setting: refused after the same imports
     started = time.monotonic()
     second = subprocess.run([sys.executable, "-m", "hopscope", "serve", "--db", str(tmp_path / "spans.duckdb"),
-                             "--grpc-port", "0", "--http-port", "0", "--api-port", "0"],
+                             "--grpc-port", "0", "--http-port", "0", "--api-port", "0", "--zipkin-port", "0"],
                             capture_output=True, text=True, timeout=60)
     assert time.monotonic() - started < start_and_refusal_s + 5
     assert second.returncode != 0
@@ -101,7 +101,8 @@ def test_a_second_server_on_the_same_file_exits_quickly_saying_it_is_in_use(star
 
 def test_memory_database_says_it_is_not_durable() -> None:
     process = subprocess.Popen([sys.executable, "-m", "hopscope", "serve", "--db", ":memory:", "--grpc-port", "0",
-                                "--http-port", "0", "--api-port", "0"], stdout=subprocess.PIPE, text=True)
+                                "--http-port", "0", "--api-port", "0", "--zipkin-port", "0"], stdout=subprocess.PIPE,
+                               text=True)
     try:
         assert process.stdout is not None
         lines = []

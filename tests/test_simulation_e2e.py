@@ -59,7 +59,8 @@ def test_simulate_command_writes_truth_for_every_hop(start_serve: Callable[..., 
 
 def test_demo_runs_for_its_duration_and_exits_0(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "hopscope", "demo", "--db", str(tmp_path / "demo.duckdb"),
-                             "--grpc-port", "0", "--http-port", "0", "--api-port", "0", "--duration", "3",
+                             "--grpc-port", "0", "--http-port", "0", "--api-port", "0", "--zipkin-port", "0",
+                             "--duration", "3",
                              "--rate", "20"], capture_output=True, text=True, timeout=90)
     assert result.returncode == 0, result.stderr
     assert "demo: done" in result.stdout and "hopscope breakdown" in result.stdout and "hopscope sql" in result.stdout
