@@ -356,12 +356,14 @@ static int add(PyObject **columns, int column, PyObject *value) {
     return rc;
 }
 
-/* Bytes promote as the base64 text they have in the attributes JSON (columns.py turns them into that string before
- * promoting): `scratch` holds the text, `out` views it as a string. Anything else is returned as it is. */
-static const value_t *bytes_as_text(buf_t *scratch, const value_t *v, value_t *out) {
-    if (v->type != V_BYTES) return v;
+/* Values the attributes JSON writes as strings promote as those strings, as columns.py turns them into strings before
+ * promoting: bytes as their base64 text, non-finite doubles as "NaN"/"Infinity"/"-Infinity". `scratch` holds the
+ * JSON string, `out` views it without its quotes. Anything else is returned as it is. */
+static const value_t *as_text(buf_t *scratch, const value_t *v, value_t *out) {
+    if (v->type != V_BYTES && !(v->type == V_DOUBLE && !isfinite(v->d))) return v;
     scratch->len = 0;
-    if (json_base64(scratch, (const uint8_t *)v->raw.ptr, v->raw.len) < 0) return NULL;
+    if ((v->type == V_BYTES ? json_base64(scratch, (const uint8_t *)v->raw.ptr, v->raw.len)
+                            : json_double(scratch, v->d)) < 0) return NULL;
     out->type = V_STRING;
     out->raw.ptr = scratch->data + 1;     /* without the quotes */
     out->raw.len = scratch->len - 2;
@@ -371,7 +373,7 @@ static const value_t *bytes_as_text(buf_t *scratch, const value_t *v, value_t *o
 /* A promoted column's value for one attribute: str stays str, anything else becomes its JSON text. */
 static PyObject *promoted_text(buf_t *b, const value_t *v) {
     value_t text;
-    if (!(v = bytes_as_text(b, v, &text))) return NULL;
+    if (!(v = as_text(b, v, &text))) return NULL;
     if (v->type == V_STRING) return str_of(v->raw.ptr, v->raw.len);
     if (v->type == V_NONE) Py_RETURN_NONE;
     b->len = 0;
@@ -380,7 +382,7 @@ static PyObject *promoted_text(buf_t *b, const value_t *v) {
 }
 static PyObject *promoted_status(buf_t *scratch, const value_t *v) {
     value_t text;
-    if (!(v = bytes_as_text(scratch, v, &text))) return NULL;
+    if (!(v = as_text(scratch, v, &text))) return NULL;
     int64_t n = 0;
     if (v->type == V_INT) n = v->i;
     else if (v->type == V_STRING) {
@@ -397,7 +399,7 @@ static PyObject *promoted_status(buf_t *scratch, const value_t *v) {
 /* `http://host:8080/work?i=1` → `/work?i=1` (columns._path_of_url). */
 static PyObject *path_of_url(buf_t *scratch, const value_t *v) {
     value_t text;
-    if (!(v = bytes_as_text(scratch, v, &text))) return NULL;
+    if (!(v = as_text(scratch, v, &text))) return NULL;
     if (v->type != V_STRING) Py_RETURN_NONE;
     const char *s = v->raw.ptr; Py_ssize_t n = v->raw.len, from = 0;
     for (Py_ssize_t i = 0; i + 2 < n; i++) if (s[i] == ':' && s[i + 1] == '/' && s[i + 2] == '/') { from = i + 3; break; }

@@ -13,7 +13,8 @@ to_translator.go), so a user moving between the two sees the same rows:
   OpenTelemetry SDK's Zipkin exporters) give the status, and an `error` tag makes it ERROR (its value, unless
   "true", is the message).
 
-Where hopscope departs from the collector: a span without a timestamp is rejected (the collector stores it at the
+Where hopscope departs from the collector: Envoy's protobuf span ids are read in the byte order Envoy really writes
+them (`_envoy_span_id`); a span without a timestamp is rejected (the collector stores it at the
 Unix epoch, where no time query finds it), and Envoy's *shared span context* gets two spans. With
 `shared_span_context: true` (Envoy's default) the callee's SERVER span reuses the caller's CLIENT span id and says
 `shared: true`; the collector then stores two spans with one id. Here the SERVER half gets an id of its own,
@@ -177,6 +178,15 @@ def _proto_endpoint(endpoint: Any) -> Endpoint:
     return Endpoint(endpoint.service_name, ip, endpoint.port)
 
 
+def _envoy_span_id(span_id: bytes, tags: Mapping[str, str]) -> bytes:
+    """Envoy's HTTP_PROTO writes span and parent ids as the uint64 in the host's byte order — little-endian on x86-64
+    and arm64 — where zipkin.proto and every other Zipkin encoding (JSON hex, B3 headers) are big-endian (Envoy's
+    own tests expect `AQAAAAAAAAA=` for id 1 on Intel: envoyproxy/envoy#34448). Found in the mesh lab with Envoy 1.40:
+    the ids it propagated to the apps are these bytes reversed. Its trace ids are big-endian. Envoy marks its spans
+    with the tag component=proxy."""
+    return span_id[::-1] if tags.get("component") == "proxy" else span_id
+
+
 def _proto_span(span: Any) -> ZipkinSpan:
     if len(span.trace_id) not in (8, 16):
         raise ValueError("trace_id must be 8 or 16 bytes")
@@ -188,11 +198,13 @@ def _proto_span(span: Any) -> ZipkinSpan:
         raise ValueError(f"kind {span.kind} is not a Zipkin span kind")
     if span.timestamp > _MAX_US or span.duration > _MAX_US:
         raise ValueError("timestamp and duration must be microseconds before the year 2262")
+    tags = dict(span.tags)
     return ZipkinSpan(
-        span.trace_id.rjust(16, b"\0"), span.id, span.parent_id, KIND_NAMES[span.kind], span.name, span.timestamp,
+        span.trace_id.rjust(16, b"\0"), _envoy_span_id(span.id, tags), _envoy_span_id(span.parent_id, tags),
+        KIND_NAMES[span.kind], span.name, span.timestamp,
         span.duration, _proto_endpoint(span.local_endpoint) if span.HasField("local_endpoint") else None,
         _proto_endpoint(span.remote_endpoint) if span.HasField("remote_endpoint") else None,
-        [(a.timestamp, a.value) for a in span.annotations], dict(span.tags), span.shared)
+        [(a.timestamp, a.value) for a in span.annotations], tags, span.shared)
 
 
 def parse_zipkin_protobuf(body: bytes) -> list[ZipkinSpan]:

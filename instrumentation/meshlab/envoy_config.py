@@ -3,7 +3,8 @@
 It mirrors what istiod generates for a sidecar in REDIRECT mode: `virtualOutbound` on :15001 and `virtualInbound`
 on :15006, both with the `original_dst` listener filter, ORIGINAL_DST clusters named `outbound|8080||<fqdn>` and
 `inbound|8080||`, inbound connections to the app from 127.0.0.6, Istio's route decorator `<fqdn>:8080/*` on both
-sides of a hop, its default retry policy, its custom tags, and the OpenTelemetry tracer exporting over OTLP/gRPC.
+sides of a hop, its default retry policy, its custom tags, and the OpenTelemetry tracer exporting over OTLP/gRPC —
+or, for a pod that asks, the Zipkin tracer POSTing to hopscope's Zipkin port.
 The one change from Istio's defaults: spans are flushed every second instead of every five, so a test waits less.
 """
 
@@ -17,6 +18,7 @@ OUTBOUND_PORT = 15001
 INBOUND_PORT = 15006
 ADMIN_PORT = 15000
 OTLP_CLUSTER = "outbound|4317||hopscope.hopscope.svc.cluster.local"
+ZIPKIN_CLUSTER = "outbound|9411||zipkin.istio-system.svc.cluster.local"
 
 # The Envoy access-log fields that say, per request, what the spans cannot: whether the upstream connection was
 # new (pool_ready_ms > 0) and Envoy's own timing; `traceparent` carries this Envoy's span id, so lines join spans.
@@ -40,6 +42,20 @@ def _typed(type_name: str, **fields: Any) -> dict[str, Any]:
     return {"@type": f"type.googleapis.com/{type_name}", **fields}
 
 
+def _provider(pod: LabPod) -> dict[str, Any]:
+    if pod.zipkin is None:
+        return {"name": "envoy.tracers.opentelemetry", "typed_config": _typed(
+            "envoy.config.trace.v3.OpenTelemetryConfig", service_name=f"{pod.service}.{NAMESPACE}",
+            grpc_service={"envoy_grpc": {"cluster_name": OTLP_CLUSTER}, "timeout": "1s"})}
+    # what istiod renders for a zipkin provider (shared/reference/mesh/ZIPKIN.md), with the pod's choices; B3 and
+    # W3C both ways, so the apps' W3C-only SDK joins the sidecars' traces
+    return {"name": "envoy.tracers.zipkin", "typed_config": _typed(
+        "envoy.config.trace.v3.ZipkinConfig", collector_cluster=ZIPKIN_CLUSTER, collector_endpoint="/api/v2/spans",
+        collector_endpoint_version=pod.zipkin.encoding, collector_hostname=ZIPKIN_CLUSTER.rsplit("|", 1)[1],
+        trace_id_128bit=pod.zipkin.trace_id_128bit, shared_span_context=pod.zipkin.shared_span_context,
+        trace_context_option="USE_B3_WITH_W3C_PROPAGATION")}
+
+
 def _tracing(spec: LabSpec, pod: LabPod) -> dict[str, Any]:
     tags = {"istio.canonical_revision": "latest", "istio.canonical_service": pod.service,
             "istio.cluster_id": "Kubernetes", "istio.mesh_id": "cluster.local", "istio.namespace": NAMESPACE}
@@ -47,9 +63,7 @@ def _tracing(spec: LabSpec, pod: LabPod) -> dict[str, Any]:
         "client_sampling": {"value": 100}, "random_sampling": {"value": 100}, "overall_sampling": {"value": 100},
         "spawn_upstream_span": spec.spawn_upstream_span,
         "custom_tags": [{"tag": key, "literal": {"value": value}} for key, value in tags.items()],
-        "provider": {"name": "envoy.tracers.opentelemetry", "typed_config": _typed(
-            "envoy.config.trace.v3.OpenTelemetryConfig", service_name=f"{pod.service}.{NAMESPACE}",
-            grpc_service={"envoy_grpc": {"cluster_name": OTLP_CLUSTER}, "timeout": "1s"})},
+        "provider": _provider(pod),
     }
 
 
@@ -122,7 +136,14 @@ def _outbound_cluster_options(spec: LabSpec) -> dict[str, Any]:
         explicit_http_config={"http_protocol_options": {}})}
 
 
-def sidecar_bootstrap(spec: LabSpec, pod: LabPod, otlp_host: str, otlp_port: int) -> dict[str, Any]:
+def _static_cluster(name: str, host: str, port: int, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "type": "STATIC", "connect_timeout": "1s", **extra,
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {
+                "address": {"socket_address": {"address": host, "port_value": port}}}}]}]}}
+
+
+def sidecar_bootstrap(spec: LabSpec, pod: LabPod, otlp_host: str, otlp_port: int,
+                      zipkin_port: int | None = None) -> dict[str, Any]:
     address = spec.pod_address(pod)
     clusters = [_original_destination(outbound_cluster(spec.pod(name)), **_outbound_cluster_options(spec))
                 for name in pod.calls]
@@ -130,18 +151,20 @@ def sidecar_bootstrap(spec: LabSpec, pod: LabPod, otlp_host: str, otlp_port: int
         _original_destination("PassthroughCluster"),
         _original_destination(f"inbound|{APP_PORT}||",
                               upstream_bind_config={"source_address": {"address": "127.0.0.6", "port_value": 0}}),
-        {"name": OTLP_CLUSTER, "type": "STATIC", "connect_timeout": "1s",
-         "typed_extension_protocol_options": _http_protocol_options(
-             explicit_http_config={"http2_protocol_options": {}}),
-         "load_assignment": {"cluster_name": OTLP_CLUSTER, "endpoints": [{"lb_endpoints": [{"endpoint": {
-             "address": {"socket_address": {"address": otlp_host, "port_value": otlp_port}}}}]}]}},
+        _static_cluster(OTLP_CLUSTER, otlp_host, otlp_port, typed_extension_protocol_options=_http_protocol_options(
+            explicit_http_config={"http2_protocol_options": {}})),
     ]
+    if pod.zipkin is not None:
+        if zipkin_port is None:
+            raise ValueError(f"{pod.service} traces with Zipkin: the lab needs hopscope's Zipkin port")
+        clusters.append(_static_cluster(ZIPKIN_CLUSTER, otlp_host, zipkin_port))
     return {
         "node": {"id": f"sidecar~{address}~{pod.service}-pod.{NAMESPACE}~{NAMESPACE}.svc.cluster.local",
                  "cluster": f"{pod.service}.{NAMESPACE}"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": ADMIN_PORT}}},
         "layered_runtime": {"layers": [{"name": "static", "static_layer": {
-            "tracing.opentelemetry.flush_interval_ms": 1000, "tracing.opentelemetry.min_flush_spans": 5}}]},
+            "tracing.opentelemetry.flush_interval_ms": 1000, "tracing.opentelemetry.min_flush_spans": 5,
+            "tracing.zipkin.flush_interval_ms": 1000, "tracing.zipkin.min_flush_spans": 5}}]},
         "static_resources": {
             "listeners": [
                 _listener("virtualOutbound", OUTBOUND_PORT, "OUTBOUND",

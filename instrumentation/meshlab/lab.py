@@ -139,7 +139,7 @@ class MeshLab:
     def _python_module(self, module: str, *arguments: str) -> list[str]:
         return [sys.executable, "-m", f"hopscope.instrumentation.meshlab.{module}", *arguments]
 
-    def start(self, otlp_port: int, otlp_host: str = HOST_ADDRESS) -> None:
+    def start(self, otlp_port: int, otlp_host: str = HOST_ADDRESS, zipkin_port: int | None = None) -> None:
         """Start delayers, apps and sidecars; return once every one is up and listening."""
         spec = self.spec
         for node in spec.nodes:
@@ -149,7 +149,7 @@ class MeshLab:
             if pod.intercept_delay_ms > 0:
                 self._start_delayer(pod.service, netns_of_pod(pod), f"{INTERCEPT_QUEUE}={pod.intercept_delay_ms}")
             self._start_app(pod, f"{otlp_host}:{otlp_port}")
-            self._start_sidecar(pod, otlp_host, otlp_port)
+            self._start_sidecar(pod, otlp_host, otlp_port, zipkin_port)
         self._wait_ready()
 
     def _start_delayer(self, name: str, namespace: str, *queues: str) -> None:
@@ -164,8 +164,8 @@ class MeshLab:
             "app", "--service", pod.service, "--node", pod.node, "--otlp", otlp, "--work-ms", str(pod.work_ms),
             *calls, *(["--parallel"] if pod.parallel else [])))
 
-    def _start_sidecar(self, pod: LabPod, otlp_host: str, otlp_port: int) -> None:
-        config = yaml.safe_dump(sidecar_bootstrap(self.spec, pod, otlp_host, otlp_port), sort_keys=False)
+    def _start_sidecar(self, pod: LabPod, otlp_host: str, otlp_port: int, zipkin_port: int | None) -> None:
+        config = yaml.safe_dump(sidecar_bootstrap(self.spec, pod, otlp_host, otlp_port, zipkin_port), sort_keys=False)
         (self.workdir / f"sidecar-{pod.service}.yaml").write_text(config)   # for reading; Envoy gets it inline,
         # because as uid 1337 it may not be allowed into the work folder (pytest's are root-only)
         self._spawn(f"envoy-{pod.service}", netns_of_pod(pod), [

@@ -19,6 +19,16 @@ HOST_LINK = "hsl-uplink"            # the host end of the uplink veth (deleted w
 
 
 @dataclass(frozen=True)
+class ZipkinTracer:
+    """A sidecar that traces with Envoy's Zipkin tracer instead of its OpenTelemetry one. Envoy's defaults are
+    JSON, a shared span context and 64-bit trace ids; Istio's are a shared context off and 128-bit ids."""
+
+    encoding: str = "HTTP_JSON"       # or HTTP_PROTO
+    shared_span_context: bool = True
+    trace_id_128bit: bool = False
+
+
+@dataclass(frozen=True)
 class LabPod:
     """One pod: an app (`work_ms` of work per request, then its calls) with an Envoy sidecar in front of it."""
 
@@ -28,6 +38,7 @@ class LabPod:
     calls: tuple[str, ...] = ()
     parallel: bool = False           # calls made concurrently (a fan-out) rather than one after the other
     intercept_delay_ms: float = 0.0  # extra hold on each packet the app sends to its own sidecar (iptables leg)
+    zipkin: ZipkinTracer | None = None  # None: Envoy's OpenTelemetry tracer over OTLP/gRPC
 
     @property
     def fqdn(self) -> str:

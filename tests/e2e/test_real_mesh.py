@@ -40,7 +40,7 @@ import pytest
 
 from hopscope.instrumentation.meshlab import DEFAULT_LAB, LabSpec
 from hopscope.instrumentation.meshlab.lab import MeshLab, unavailable_reason
-from hopscope.instrumentation.meshlab.spec import HOST_ADDRESS
+from hopscope.instrumentation.meshlab.spec import HOST_ADDRESS, ZipkinTracer
 from hopscope.meshlab import wait_until_settled
 from hopscope.query import call_api
 from hopscope.serve_process import ServeProcess
@@ -132,11 +132,25 @@ def _observe(spec: LabSpec, truth: LabTruth, hops: dict[str, list[dict[str, Any]
     return observed
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["istio-default", "spawn-upstream-span"])
+# Envoy's Zipkin tracer, one sidecar configured each way: the root with Istio's settings (128-bit trace ids, no shared
+# span context) and HTTP_PROTO; callees with a shared span context (Envoy's default) over HTTP_JSON, or not over
+# HTTP_PROTO — so every hop's spans cross Zipkin, in both encodings, with the SERVER half shared or not.
+ZIPKIN_TRACERS = {"frontend": ZipkinTracer("HTTP_PROTO", shared_span_context=False, trace_id_128bit=True),
+                  "details": ZipkinTracer("HTTP_JSON", shared_span_context=True),
+                  "reviews": ZipkinTracer("HTTP_PROTO", shared_span_context=False),
+                  "ratings": ZipkinTracer("HTTP_JSON", shared_span_context=True)}
+VARIANTS: dict[str, LabSpec] = {
+    "istio-default": DEFAULT_LAB,
+    "spawn-upstream-span": dataclasses.replace(DEFAULT_LAB, spawn_upstream_span=True),
+    "zipkin": dataclasses.replace(DEFAULT_LAB, pods=tuple(dataclasses.replace(pod, zipkin=ZIPKIN_TRACERS[pod.service])
+                                                          for pod in DEFAULT_LAB.pods)),
+}
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
 def lab_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> LabRun:
-    spec = dataclasses.replace(DEFAULT_LAB, spawn_upstream_span=request.param,
-                               max_requests_per_connection=REQUESTS_PER_CONNECTION)
-    name = "spawn-upstream-span" if request.param else "istio-default"
+    name = request.param
+    spec = dataclasses.replace(VARIANTS[name], max_requests_per_connection=REQUESTS_PER_CONNECTION)
     workdir = tmp_path_factory.mktemp(f"mesh-{name}")
     token = "e2e-token"
     with MeshLab(spec, workdir) as lab:
@@ -148,7 +162,8 @@ def lab_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
                                                             "--sql-token", token], log_path=workdir / "serve.log")
         server.start()
         try:
-            lab.start(otlp_port=int(server.grpc_target.rsplit(":", 1)[1]))
+            lab.start(otlp_port=int(server.grpc_target.rsplit(":", 1)[1]),
+                      zipkin_port=int(server.zipkin_url.rsplit(":", 1)[1].split("/", 1)[0]))
             sent = []
             for block in range(2 * BLOCKS):
                 lab.set_phase("control" if block % 2 == 0 else "injected")
