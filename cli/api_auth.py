@@ -23,6 +23,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from hopscope.analytics.sql_api import API_AUTHENTICATED
 from hopscope.collector.tokens import TokenFile
 
 Scope = MutableMapping[str, Any]
@@ -32,6 +33,7 @@ Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/login", "/logout"})
+SQL_PATH = "/api/v1/sql"
 COOKIE = "hopscope_session"
 SESSION_SECONDS = 12 * 3600
 MAX_SESSIONS = 10_000   # the oldest go first: a flood of logins cannot grow memory without bound
@@ -77,10 +79,13 @@ class _Sessions:
 class ApiAuth:
     """ASGI middleware in front of the whole API app."""
 
-    def __init__(self, app: App, tokens: TokenFile, refused: Counter) -> None:
+    def __init__(self, app: App, tokens: TokenFile, refused: Counter, sql_token_checked: bool = False) -> None:
+        """`sql_token_checked`: POST /api/v1/sql checks its own --sql-token, so its bearer is that token and passes
+        through here; without one, an API token opens it too (API_AUTHENTICATED tells the endpoint)."""
         self._app = app
         self._tokens = tokens
         self._refused = refused
+        self._sql_token_checked = sql_token_checked
         self._sessions = _Sessions()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -94,7 +99,10 @@ class ApiAuth:
         elif path == "/logout":
             self._sessions.close(_cookie(headers) or "")
             await _respond(send, 303, b"", [(b"location", b"/login"), _set_cookie("", 0)])
-        elif path in OPEN_PATHS or self._allowed(headers):
+        elif path in OPEN_PATHS or (path == SQL_PATH and self._sql_token_checked):
+            await self._app(scope, receive, send)
+        elif self._allowed(headers):
+            scope.setdefault("state", {})[API_AUTHENTICATED] = True
             await self._app(scope, receive, send)
         else:
             self._refused.inc()

@@ -22,7 +22,8 @@ COMPONENTS = ("iptables", "proxy_outbound", "proxy_inbound", "network", "app", "
 
 def add_api_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api", default="http://127.0.0.1:8080", help="the service's API URL (default :8080)")
-    parser.add_argument("--token", default=None, help="SQL token, when the service was started with --sql-token")
+    parser.add_argument("--token", default=None, help="the token the service asks for, sent as `Authorization: "
+                        "Bearer`: its API token (--api-token-file) or, for `sql`, its --sql-token")
 
 
 def call_api(url: str, body: dict[str, Any] | None = None, token: str | None = None) -> dict[str, Any]:
@@ -92,7 +93,7 @@ def sql_on_file(path: str, statement: str, max_rows: int) -> dict[str, Any]:
 def run_breakdown(arguments: argparse.Namespace) -> int:
     query = {"since": arguments.since, "group_by": "edge"}
     query.update({k: v for k, v in (("caller", arguments.caller), ("callee", arguments.callee)) if v})
-    summary = call_api(f"{arguments.api}/api/v1/hops/summary?{urllib.parse.urlencode(query)}")
+    summary = call_api(f"{arguments.api}/api/v1/hops/summary?{urllib.parse.urlencode(query)}", token=arguments.token)
     columns = ["caller", "callee", "hops", "err %", "p50 ms", "p99 ms", *[f"{c} p50" for c in COMPONENTS],
                "proxy+ipt share"]
     rows = []

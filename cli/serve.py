@@ -165,8 +165,9 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
     zipkin = _http_server(ZipkinHttpApp(pipeline, metrics, settings.max_message_bytes, ingest_tokens), tls)
     exposed = not _is_loopback(settings.host)
     api_app = build_api(lambda: pipeline.ready, metrics, store.cursor, classifier, settings.sql_token, exposed)
-    api = _http_server(api_app if api_tokens is None else ApiAuth(api_app, api_tokens, metrics.api_unauthenticated),
-                       tls)
+    guarded = api_app if api_tokens is None else ApiAuth(api_app, api_tokens, metrics.api_unauthenticated,
+                                                         sql_token_checked=bool(settings.sql_token))
+    api = _http_server(guarded, tls)
     analytics_worker = AnalyticsWorker(classifier)
     follower = HopFollower(store.cursor, classifier, settings.settle_seconds, worker=analytics_worker)
     follower.observe_lag = metrics.watch_follower(follower)

@@ -82,3 +82,43 @@ def test_the_pages_work_in_chromium_behind_the_login(guarded: tuple[ServeProcess
     page = wait_for(browser, "section.page[data-page='map']:not([data-state='loading'])")
     assert page.get_attribute("data-state") == "ready"
     assert browser.execute_script("return document.cookie") == ""   # HttpOnly: no script sees the session
+
+
+SQL = {"sql": "SELECT count(*) FROM spans"}
+
+
+def test_off_loopback_an_api_token_opens_sql_when_no_sql_token_is_set(
+        start_serve: Callable[..., ServeProcess], tmp_path: Path) -> None:
+    """Exposed (0.0.0.0) without --sql-token, SQL used to stay closed to everyone; an API token now opens it."""
+    tokens = tmp_path / "api.tokens"
+    tokens.write_text(f"{TOKEN}\n")
+    server = start_serve("--host", "0.0.0.0", "--api-token-file", str(tokens))
+    url = f"{server.api_url}/api/v1/sql"
+    assert httpx.post(url, json=SQL, timeout=30).status_code == 401
+    answer = httpx.post(url, json=SQL, headers={"authorization": f"Bearer {TOKEN}"}, timeout=30)
+    assert answer.status_code == 200 and answer.json()["rows"] == [[0]], answer.text
+
+
+def test_with_both_tokens_sql_takes_its_own_and_the_api_its_own(
+        start_serve: Callable[..., ServeProcess], tmp_path: Path) -> None:
+    """Both checked on the one Authorization header: SQL's token used to be refused by the API token check."""
+    tokens = tmp_path / "api.tokens"
+    tokens.write_text(f"{TOKEN}\n")
+    server = start_serve("--host", "0.0.0.0", "--api-token-file", str(tokens), "--sql-token", "sql-t0ken")
+    url, api = f"{server.api_url}/api/v1/sql", server.api_url
+    assert httpx.post(url, json=SQL, headers={"authorization": "Bearer sql-t0ken"}, timeout=30).status_code == 200
+    assert httpx.post(url, json=SQL, headers={"authorization": f"Bearer {TOKEN}"}, timeout=30).status_code == 401
+    assert httpx.get(f"{api}/api/v1/edges", headers={"authorization": "Bearer sql-t0ken"}).status_code == 401
+    assert httpx.get(f"{api}/api/v1/edges", headers={"authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
+def test_the_breakdown_command_sends_the_api_token(guarded: tuple[ServeProcess, Path]) -> None:
+    import subprocess
+    import sys
+
+    server, _ = guarded
+    command = [sys.executable, "-m", "hopscope", "breakdown", "--api", server.api_url]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "401" in refused.stderr
+    answered = subprocess.run([*command, "--token", TOKEN], capture_output=True, text=True, timeout=60)
+    assert answered.returncode == 0, answered.stderr
