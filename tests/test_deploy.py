@@ -104,7 +104,7 @@ def serve_help() -> dict[str, Any]:
 
 def _ports(serve_help: dict[str, Any]) -> dict[str, int]:
     defaults = serve_help["defaults"]
-    return {kind: int(defaults[f"HOPSCOPE_{kind.upper()}_PORT"]) for kind in ("grpc", "http", "api")}
+    return {kind: int(defaults[f"HOPSCOPE_{kind.upper()}_PORT"]) for kind in ("grpc", "http", "zipkin", "api")}
 
 
 # -- Envoy -----------------------------------------------------------------------------------------------------
