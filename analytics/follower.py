@@ -101,6 +101,9 @@ class HopFollower:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hop-follower", daemon=True)
         create_derived(self._db)
+        # how long hops take to appear is this window: the API tells people so (hops_status.py), from the file,
+        # since it runs beside the follower; the last follower started on the file is the one keeping it
+        self._db.execute("INSERT OR REPLACE INTO hopscope_meta VALUES ('settle_seconds', ?)", [str(settle_seconds)])
         # fetchall, not fetchone: DuckDB 2 refuses a later .sql() on a cursor whose last result was not read to its
         # end, and after a restart this table has a row (every pass after the first restart failed on it)
         rows = self._db.execute("SELECT span_seq FROM hopscope_hops_watermark").fetchall()
@@ -120,6 +123,9 @@ class HopFollower:
         self.traces_after_seal = 0   # traces with spans arriving after some of theirs were sealed (not recomputed)
         self.observe_lag: Callable[[float], None] = lambda seconds: None  # settle → committed, per trace (serve's
         # /metrics); `now` must then be time.monotonic()
+        # the hops each write committed, and the traces among them whose hops were stored before (a late span): serve's
+        # service-graph metrics (service_graph_metrics.py), which count a hop once
+        self.observe_hops: Callable[[pa.Table, set[str]], None] = lambda hops, written_before: None
         self.pass_traces = 0   # traces the running pass is recomputing (0 between passes): /metrics, shutdown log
         self._oldest_touched: float | None = restarted if waiting else None  # of the pending traces
         self.spans_analysed = 0   # new spans of the traces computed (a recomputed trace's old spans not again)
@@ -334,12 +340,15 @@ class HopFollower:
     def _write(self, trace_ids: list[str], rewritten: list[str], rows: BatchRows) -> None:
         minutes = {int(minute) for minute in pc.unique(pc.multiply(pc.divide(rows.hops["start_ns"], rollup.MINUTE_NS),
                                                                    rollup.MINUTE_NS)).to_pylist() if minute is not None}
+        written_before: set[str] = set()
         self._db.execute("BEGIN TRANSACTION")
         try:
             if rewritten:   # a late span: replace what the trace had, and re-derive the minutes its hops were in
-                minutes.update(row[0] for row in self._db.execute(
-                    f"SELECT DISTINCT start_ns // {rollup.MINUTE_NS} * {rollup.MINUTE_NS} FROM {HOPS.stored} "
-                    f"WHERE {_IN}", [rewritten]).fetchall())
+                for trace_id, minute in self._db.execute(
+                        f"SELECT DISTINCT trace_id, start_ns // {rollup.MINUTE_NS} * {rollup.MINUTE_NS} "
+                        f"FROM {HOPS.stored} WHERE {_IN}", [rewritten]).fetchall():
+                    written_before.add(trace_id)
+                    minutes.add(minute)
                 for table in (HOPS, CRITICAL_PATH, CRITICAL_PATH_TRACES):
                     self._db.execute(f"DELETE FROM {table.stored} WHERE {_IN}", [rewritten])
             self._db.execute(f"DELETE FROM hopscope_follower_pending WHERE {_IN}", [trace_ids])
@@ -354,5 +363,6 @@ class HopFollower:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        self.observe_hops(rows.hops, written_before)
         self.hops_written += rows.hops.num_rows
         self.paths_written += rows.path_traces.num_rows

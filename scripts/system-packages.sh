@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Debian packages the real-world tests need: iptables (the real-mesh test's sidecar interception and packet
-# delayer) and chromium + chromium-driver (the browser tests of the pages). Installs only what is missing, only
+# delayer), chromium + chromium-driver (the browser tests of the pages) and prometheus (its promtool parses the
+# Grafana dashboard's queries, tests/test_grafana.py). Installs only what is missing, only
 # as root with apt-get; anywhere else it says what is missing and the tests that need it skip with that reason.
 set -euo pipefail
-declare -A wanted=([iptables]=iptables [chromium]=chromium [chromedriver]=chromium-driver)
+declare -A wanted=([iptables]=iptables [chromium]=chromium [chromedriver]=chromium-driver [promtool]=prometheus)
 missing=()
 for command in "${!wanted[@]}"; do
   command -v "$command" >/dev/null 2>&1 || [ -x "/usr/sbin/$command" ] || missing+=("${wanted[$command]}")
