@@ -42,6 +42,7 @@ from hopscope.analytics import rollup
 from hopscope.analytics.clock_offsets import WINDOW_NS
 from hopscope.collector import partitions
 from hopscope.collector.partitions import Relation
+from hopscope.collector.settings import DEFAULT_SHARD
 
 log = logging.getLogger("hopscope.analytics")
 
@@ -79,9 +80,11 @@ class SealProgress:
 
 class Sealer:
     def __init__(self, cursor: Callable[[], duckdb.DuckDBPyConnection], parts_dir: Path, lifecycle: Lifecycle,
-                 clock_ns: Callable[[], int] = time.time_ns) -> None:
+                 clock_ns: Callable[[], int] = time.time_ns, shard: str = DEFAULT_SHARD) -> None:
         self._db = cursor()
         self._parts_dir = parts_dir
+        self._shard = shard
+        self._shard_root = partitions.shard_dir(parts_dir, shard)
         self._lifecycle = lifecycle
         self._clock_ns = clock_ns
         self.progress = SealProgress()
@@ -191,6 +194,7 @@ class Sealer:
             for _, path, _ in written:
                 path.unlink(missing_ok=True)
             raise
+        self._publish()
         spans = sum(rows for relation, _, rows in written if relation is partitions.SPANS)
         self.progress.sealed_partitions += 1
         self.progress.sealed_spans += spans
@@ -205,7 +209,7 @@ class Sealer:
 
     def _write(self, relation: Relation, start: int, now_ns: int, query: str) -> tuple[Relation, Path, int] | None:
         """One relation's rows of a partition as a Parquet file, durable under its final name; None if no rows."""
-        folder = partitions.partition_dir(self._parts_dir, relation, start)
+        folder = partitions.partition_dir(self._shard_root, relation, start)
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / f"{now_ns}.parquet"
         temporary = final.with_suffix(".parquet.tmp")
@@ -238,6 +242,7 @@ class Sealer:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        self._publish()   # before the files go: a query node reading the manifest must not name deleted files
         folders = set()
         for path, _ in expired:   # a crash here leaves unregistered files: the next start deletes them
             Path(path).unlink(missing_ok=True)
@@ -248,6 +253,10 @@ class Sealer:
         dropped = len({folder.name for folder in folders})
         self.progress.dropped_partitions += dropped
         log.info("dropped %d partition(s) older than the retention (%d files)", dropped, len(expired))
+
+    def _publish(self) -> None:
+        """The shard's manifest after a committed change (a crash before it: the next start writes it)."""
+        partitions.write_manifest(self._db, self._parts_dir, self._shard_root, self._shard)
 
     def _count(self) -> None:
         row = self._db.execute(

@@ -31,6 +31,7 @@ from hopscope.analytics.batch import AnalyticsWorker
 from hopscope.analytics.classify import Classifier, classifier_of
 from hopscope.analytics.follower import HopFollower
 from hopscope.analytics.sealer import Lifecycle, Sealer
+from hopscope.analytics.service_graph_metrics import ServiceGraphMetrics
 from hopscope.api import build_api
 from hopscope.api_auth import ApiAuth
 from hopscope.collector.file_watch import RECHECK_SECONDS as TLS_RECHECK_SECONDS
@@ -113,7 +114,7 @@ def run_serve(settings: Settings, on_ready: OnReady | None = None) -> int:
         print(f"hopscope serve: --rules: {exc}", file=sys.stderr)
         return 2
     try:
-        store = SpanStore(settings.db, Path(settings.parts_dir) if settings.parts_dir else None)
+        store = SpanStore(settings.db, Path(settings.parts_dir) if settings.parts_dir else None, settings.shard)
     except (DatabaseInUse, SchemaTooNew) as exc:
         print(f"hopscope serve: {exc}", file=sys.stderr)
         return 1
@@ -171,11 +172,13 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
     analytics_worker = AnalyticsWorker(classifier)
     follower = HopFollower(store.cursor, classifier, settings.settle_seconds, worker=analytics_worker)
     follower.observe_lag = metrics.watch_follower(follower)
+    follower.observe_hops = ServiceGraphMetrics(metrics.registry, settings.max_metric_edges).observe
     sealer = None
     if store.parts_dir is not None:
         sealer = Sealer(store.cursor, store.parts_dir, Lifecycle(
             partition_ns=settings.partition * 10**9, retention_ns=settings.retention * 10**9,
-            settle_ns=int(settings.settle_seconds * 1e9), grace_ns=settings.late_span_grace * 10**9))
+            settle_ns=int(settings.settle_seconds * 1e9), grace_ns=settings.late_span_grace * 10**9),
+            shard=settings.shard)
         metrics.watch_partitions(sealer.progress)
     pipeline.watch_analytics(lambda accepted: follower.behind_seconds(time.monotonic(), accepted))
     metrics.watch_counts("hopscope_analytics_fallbacks", "Calls of an analytics step whose compiled form handed "

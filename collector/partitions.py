@@ -13,6 +13,7 @@ and after a seal, and a file left behind by a crash (written, never registered) 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ REGISTRY_DDL = """CREATE TABLE IF NOT EXISTS hopscope_partitions (
     path VARCHAR PRIMARY KEY, relation VARCHAR NOT NULL, partition_start_ns BIGINT NOT NULL,
     partition_end_ns BIGINT NOT NULL, rows BIGINT NOT NULL, bytes BIGINT NOT NULL, sealed_at_ns BIGINT NOT NULL)"""
 PARTITION_KEY = "partition_start_s"  # the hive directory key: the partition's start, Unix seconds
+SHARD_KEY = "shard"  # the directory key of one writer's files: `<parts>/shard=<name>/<relation>/...`
+MANIFEST = "manifest.json"  # in a shard's directory: its registered files, for query nodes (docs/storage.md)
 
 
 @dataclass(frozen=True, eq=False)  # one object per relation: compared and hashed by identity
@@ -67,8 +70,13 @@ RELATIONS = (SPANS, *DERIVED_RELATIONS)
 BY_NAME = {relation.name: relation for relation in RELATIONS}
 
 
-def partition_dir(parts_dir: Path, relation: Relation, partition_start_ns: int) -> Path:
-    return parts_dir / relation.name / f"{PARTITION_KEY}={partition_start_ns // 10**9}"
+def shard_dir(parts_dir: Path, shard: str) -> Path:
+    """Where one writer's files go: shards share a parts directory (a shared filesystem), each under its name."""
+    return parts_dir / f"{SHARD_KEY}={shard}"
+
+
+def partition_dir(shard_root: Path, relation: Relation, partition_start_ns: int) -> Path:
+    return shard_root / relation.name / f"{PARTITION_KEY}={partition_start_ns // 10**9}"
 
 
 def default_parts_dir(db_path: str) -> Path:
@@ -116,14 +124,17 @@ def create_views(db: duckdb.DuckDBPyConnection, relation: Relation) -> None:
     db.execute(f"CREATE OR REPLACE VIEW {relation.name} AS {both}")
 
 
-def reconcile_files(db: duckdb.DuckDBPyConnection, parts_dir: Path) -> tuple[int, int]:
+def reconcile_files(db: duckdb.DuckDBPyConnection, parts_dir: Path, shard_root: Path) -> tuple[int, int]:
     """At start-up, before any seal: remove the files a crash left unregistered (a seal that wrote them but did not
     commit: their rows are still hot), and forget registered files that are gone (someone deleted them: the views
-    would fail on every query). Returns (files removed, registrations dropped)."""
+    would fail on every query). Only this writer's own files are looked at — its shard's directory, and the
+    relation directories an earlier version wrote straight under `parts_dir` — never another shard's.
+    Returns (files removed, registrations dropped)."""
     registered = {path for (path,) in db.execute("SELECT path FROM hopscope_partitions").fetchall()}
     removed = 0
-    if parts_dir.is_dir():
-        for path in parts_dir.rglob("*"):
+    own = [shard_root, *(parts_dir / relation.name for relation in RELATIONS)]
+    for root in (folder for folder in own if folder.is_dir()):
+        for path in root.rglob("*"):
             if path.is_file() and (path.suffix in (".parquet", ".tmp")) and str(path) not in registered:
                 path.unlink()
                 removed += 1
@@ -135,3 +146,23 @@ def reconcile_files(db: duckdb.DuckDBPyConnection, parts_dir: Path) -> tuple[int
     if removed:
         log.info("removed %d partition file(s) a stopped seal left unregistered (their rows are still hot)", removed)
     return removed, len(missing)
+
+
+def write_manifest(db: duckdb.DuckDBPyConnection, parts_dir: Path, shard_root: Path, shard: str) -> None:
+    """This writer's registered files as `<shard dir>/manifest.json`, for query nodes (`serve --query-only`), which
+    read manifests instead of globbing: a file appears there only once its seal committed and leaves before it is
+    deleted, so a query node never reads a file a crash left behind or one half written. Paths are relative to the
+    parts directory, which a query node may mount elsewhere. Written whole and renamed into place."""
+    rows = db.execute("SELECT path, relation, partition_start_ns, partition_end_ns, rows, bytes, sealed_at_ns FROM "
+                      "hopscope_partitions ORDER BY relation, partition_start_ns, path").fetchall()
+    files = [{"path": os.path.relpath(path, parts_dir), "relation": relation, "partition_start_ns": start,
+              "partition_end_ns": end, "rows": count, "bytes": size, "sealed_at_ns": sealed}
+             for path, relation, start, end, count, size, sealed in rows]
+    shard_root.mkdir(parents=True, exist_ok=True)
+    manifest = shard_root / MANIFEST
+    temporary = manifest.with_suffix(".json.tmp")
+    with open(temporary, "w") as handle:
+        json.dump({"shard": shard, "files": files}, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    temporary.rename(manifest)

@@ -8,6 +8,8 @@ setting's name and exit code 2, never later.
 from __future__ import annotations
 
 import argparse
+import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -47,6 +49,8 @@ def duration_seconds(text: str) -> int:
     return int(float(text))
 
 
+_SHARD_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
+DEFAULT_SHARD = socket.gethostname()
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
@@ -139,6 +143,20 @@ SETTINGS: tuple[Setting, ...] = (
             "middle of a segment): keep a copy of each damaged segment in PATH.spool/quarantine/, replay every record "
             "that can still be read, and report how many could not. Without it serve refuses to start and names the "
             "file and offset", requirement="true or false"),
+    Setting("max_metric_edges", int, 500,
+            "caller → callee edges that the service-graph metrics on /metrics give series of their own "
+            "(traces_service_graph_*, hopscope_hop_component_seconds; about 150 series each); the hops of later "
+            "edges are counted under client=\"__other__\", server=\"__other__\" (docs/grafana.md)",
+            lambda v: 0 <= v <= 100_000, "a count from 0 to 100000"),
+    Setting("shard_name", str, "",
+            "this writer's name among shards that share --parts-dir (a shared filesystem): its sealed files go to "
+            "PARTS/shard=NAME/, with a manifest query nodes read (docs/deploy.md, 'Scaling past one machine'). "
+            "Empty: the host name", lambda v: not v or bool(_SHARD_NAME.fullmatch(v)),
+            "letters, digits, '.', '_' or '-'"),
+    Setting("query_only", boolean, "false",
+            "serve the API, pages, SQL and Jaeger API over every shard's sealed partitions in --parts-dir, with no "
+            "ingest and no database file of its own: the query node in front of shards. It sees a partition once "
+            "a shard sealed it (docs/deploy.md)", requirement="true or false"),
     Setting("rules", str, "",
             "YAML or JSON file of span classification rules, tried before the built-in ones (docs/hop-model.md, "
             "'Rules'): the follower, the API and `hopscope rebuild` all use it; GET /api/v1/rules shows the table",
@@ -171,7 +189,14 @@ class Settings:
     late_span_grace: int
     retention: int
     spool_quarantine: bool
+    max_metric_edges: int
+    shard_name: str
+    query_only: bool
     rules: str
+
+    @property
+    def shard(self) -> str:
+        return self.shard_name or DEFAULT_SHARD
 
     @property
     def max_message_bytes(self) -> int:

@@ -26,8 +26,16 @@ import duckdb
 import pyarrow as pa
 
 from hopscope.collector.migrations import migrate_1_to_2
-from hopscope.collector.partitions import SPANS, create_views, default_parts_dir, reconcile_files
+from hopscope.collector.partitions import (
+    SPANS,
+    create_views,
+    default_parts_dir,
+    reconcile_files,
+    shard_dir,
+    write_manifest,
+)
 from hopscope.collector.schema import COLUMN_NAMES, SCHEMA_STATEMENTS, SCHEMA_VERSION, SPAN_VIEW_STATEMENTS
+from hopscope.collector.settings import DEFAULT_SHARD
 
 IN_MEMORY = ":memory:"
 # DuckDB checkpoints inside the COMMIT that pushes its WAL over this size. At the default 16 MB that is every other
@@ -57,10 +65,13 @@ log = logging.getLogger("hopscope.collector")
 
 
 class SpanStore:
-    def __init__(self, path: str, parts_dir: Path | None = None) -> None:
-        """`parts_dir`: where sealed partitions go (default `<path>.parts`; none for an in-memory database)."""
+    def __init__(self, path: str, parts_dir: Path | None = None, shard: str = DEFAULT_SHARD) -> None:
+        """`parts_dir`: where sealed partitions go (default `<path>.parts`; none for an in-memory database), under
+        `shard=<shard>/`: writers that share a parts directory keep apart by their shard names."""
         self.path = path
+        self.shard = shard
         self.parts_dir = (parts_dir or default_parts_dir(path)).resolve() if path != IN_MEMORY else None
+        self.shard_root = shard_dir(self.parts_dir, shard) if self.parts_dir is not None else None
         try:
             self._connection = duckdb.connect(path, config={"checkpoint_threshold": CHECKPOINT_THRESHOLD})
         except duckdb.IOException as exc:
@@ -92,8 +103,9 @@ class SpanStore:
         migrate_1_to_2(db)
         for statement in SCHEMA_STATEMENTS:
             db.execute(statement)
-        if self.parts_dir is not None:
-            reconcile_files(db, self.parts_dir)
+        if self.parts_dir is not None and self.shard_root is not None:
+            reconcile_files(db, self.parts_dir, self.shard_root)
+            write_manifest(db, self.parts_dir, self.shard_root, self.shard)
         create_views(db, SPANS)
         for statement in SPAN_VIEW_STATEMENTS:
             db.execute(statement)

@@ -70,7 +70,8 @@ def _answers(db: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[Any, ...]]]:
 
 def _sealer(store: SpanStore, retention_s: int = 86400) -> Sealer:
     assert store.parts_dir is not None
-    return Sealer(store.cursor, store.parts_dir, Lifecycle(PARTITION_NS, retention_s * 10**9, 0, 0))
+    return Sealer(store.cursor, store.parts_dir, Lifecycle(PARTITION_NS, retention_s * 10**9, 0, 0),
+                  shard=store.shard)
 
 
 def _seal_everything(sealer: Sealer, now_ns: int) -> int:
@@ -96,10 +97,10 @@ def test_sealing_moves_every_relation_to_parquet_and_no_answer_changes(tmp_path:
     assert trace_spans(db, one_trace, ("span_id", "start_ns")) == its_spans
 
     # the files are plain hive-partitioned Parquet, ZSTD, sorted by trace id: readable by any other tool
-    assert store.parts_dir is not None
-    files = sorted((store.parts_dir / "spans").glob("partition_start_s=*/*.parquet"))
+    assert store.shard_root is not None
+    files = sorted((store.shard_root / "spans").glob("partition_start_s=*/*.parquet"))
     assert len(files) >= 6
-    table = pq.read_table(store.parts_dir / "spans", partitioning="hive")
+    table = pq.read_table(store.shard_root / "spans", partitioning="hive")
     assert table.num_rows == before["spans"][0][0]
     metadata = pq.ParquetFile(files[0]).metadata
     assert metadata.row_group(0).column(0).compression == "ZSTD"
@@ -124,7 +125,7 @@ def test_a_span_arriving_after_its_partition_was_sealed_is_kept_but_does_not_rew
     late = db.sql("SELECT * FROM spans_sealed WHERE trace_id = ? ORDER BY start_ns LIMIT 1",
                   params=[trace_id]).to_arrow_table()
     late = late.set_column(late.schema.get_field_index("span_id"), "span_id", pa.array(["00000000000000ff"]))
-    files_before = len(list((store.parts_dir or Path()).glob("spans/*/*.parquet")))
+    files_before = len(list((store.shard_root or Path()).glob("spans/*/*.parquet")))
 
     store.append(late, (0, 99))
     follower = HopFollower(store.cursor, Classifier(), settle_seconds=0.0)
@@ -138,7 +139,7 @@ def test_a_span_arriving_after_its_partition_was_sealed_is_kept_but_does_not_rew
 
     _seal_everything(sealer, time.time_ns())   # the straggler goes to its partition as one more file
     assert db.execute("SELECT count(*) FROM spans_hot").fetchall() == [(0,)]
-    assert len(list((store.parts_dir or Path()).glob("spans/*/*.parquet"))) == files_before + 1
+    assert len(list((store.shard_root or Path()).glob("spans/*/*.parquet"))) == files_before + 1
     assert start_ns // PARTITION_NS == db.execute(
         "SELECT start_ns FROM spans WHERE span_id = '00000000000000ff'").fetchall()[0][0] // PARTITION_NS
     store.close()
@@ -157,7 +158,7 @@ def test_the_retention_drops_whole_partitions_files_and_all(tmp_path: Path) -> N
     for name in ANSWERS:
         assert db.execute(f"SELECT count(*) FROM {name}").fetchall() == [(0,)], name
     assert store.parts_dir is not None
-    assert not [p for p in store.parts_dir.rglob("*") if p.is_file()]
+    assert not [p for p in store.parts_dir.rglob("*") if p.is_file() and p.name != "manifest.json"]
     assert sealer.progress.partitions == 0 and sealer.progress.dropped_partitions >= 3
     store.close()
 
@@ -224,8 +225,13 @@ def test_sigkill_during_seals_loses_and_duplicates_nothing(start_serve: Callable
     assert not missing, f"{len(missing)} acknowledged spans lost, e.g. {sorted(missing)[:3]}"
     assert len(rows) == len(set(rows)), "a span is stored twice (hot and sealed, or in two files)"
     assert sealed > len(rows) // 2, "too little was sealed to prove anything"
-    on_disk = {str(p) for p in Path(str(db_path) + ".parts").rglob("*") if p.is_file()}
+    parts = Path(str(db_path) + ".parts")
+    manifests = list(parts.glob("shard=*/manifest.json"))
+    on_disk = {str(p) for p in parts.rglob("*") if p.is_file() and p not in manifests}
     assert on_disk == registered, "files the database does not know, or registered files that are gone"
+    [manifest] = manifests
+    listed = {str(parts / entry["path"]) for entry in json.loads(manifest.read_text())["files"]}
+    assert listed == registered, "the manifest query nodes read is the registry"
 
 
 def _send_mesh_traffic(targets: list[str], seconds: float, per_second: int, acked: list[tuple[str, str, int]]
