@@ -11,20 +11,16 @@ checkpoint and close DuckDB once no other thread can be inside it, and exit 0.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import faulthandler
-import ipaddress
 import logging
 import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import uvicorn
 
 from hopscope.analytics import trace_accelerator
 from hopscope.analytics.batch import AnalyticsWorker
@@ -34,7 +30,6 @@ from hopscope.analytics.sealer import Lifecycle, Sealer
 from hopscope.analytics.service_graph_metrics import ServiceGraphMetrics
 from hopscope.api import build_api
 from hopscope.api_auth import ApiAuth
-from hopscope.collector.file_watch import RECHECK_SECONDS as TLS_RECHECK_SECONDS
 from hopscope.collector.grpc_receiver import build_grpc_server, set_serving
 from hopscope.collector.http_receiver import OtlpHttpApp
 from hopscope.collector.metrics import IngestMetrics
@@ -42,57 +37,15 @@ from hopscope.collector.pipeline import IngestPipeline, PipelineConfig
 from hopscope.collector.settings import Settings
 from hopscope.collector.spool_recovery import SpoolRefused
 from hopscope.collector.store import IN_MEMORY, DatabaseInUse, SchemaTooNew, SpanStore, default_spool_dir
-from hopscope.collector.tls import TlsError, TlsFiles
+from hopscope.collector.tls import TlsError
 from hopscope.collector.tokens import TokenFile, TokenFileError
 from hopscope.collector.zipkin_receiver import ZipkinHttpApp
+from hopscope.listeners import GRACE_SECONDS, http_server, is_loopback, listen, refresh_tls, tls_files
+from hopscope.query_node import run_query_node
 
 log = logging.getLogger("hopscope")
-GRACE_SECONDS = 4.0
 FOLLOWER_GRACE_SECONDS = 1.0   # a pass recomputes at most MAX_TRACES_PER_PASS traces; past this it is interrupted
 SLOW_SHUTDOWN_SECONDS = 8.0
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: hopscope stops the parts itself, in order."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.set_inheritable(True)
-    return sock
-
-
-def _http_server(app: object, tls: TlsFiles | None = None) -> _Server:
-    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,  # type: ignore[arg-type]
-                            timeout_graceful_shutdown=int(GRACE_SECONDS),
-                            ssl_context_factory=None if tls is None else lambda config, default: tls.ssl_context())
-    return _Server(config)
-
-
-async def _refresh_tls(tls: TlsFiles) -> None:
-    """Renewed certificate files reach the HTTP listeners (gRPC looks at them itself, per handshake)."""
-    while True:
-        await asyncio.sleep(TLS_RECHECK_SECONDS)
-        tls.refresh_http_context()
-
-
-def _tls_files(settings: Settings) -> TlsFiles | None:
-    if not (settings.tls_cert or settings.tls_key):
-        if settings.tls_client_ca:
-            raise TlsError("--tls-client-ca needs --tls-cert and --tls-key: mutual TLS is TLS first")
-        return None
-    if not (settings.tls_cert and settings.tls_key):
-        raise TlsError("--tls-cert and --tls-key go together")
-    return TlsFiles(Path(settings.tls_cert), Path(settings.tls_key),
-                    Path(settings.tls_client_ca) if settings.tls_client_ca else None)
 
 
 @dataclass(frozen=True)
@@ -108,6 +61,8 @@ OnReady = Callable[[Endpoints, Callable[[], None]], None]
 
 def run_serve(settings: Settings, on_ready: OnReady | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.query_only:
+        return run_query_node(settings)
     try:
         classifier = classifier_of(settings.rules)
     except (ValueError, OSError) as exc:
@@ -133,7 +88,7 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
         max_analytics_lag_seconds=settings.max_analytics_lag_seconds, spool_quarantine=settings.spool_quarantine),
         metrics)
     try:
-        sockets = {name: _listen(settings.host, port) for name, port in
+        sockets = {name: listen(settings.host, port) for name, port in
                    (("http", settings.http_port), ("zipkin", settings.zipkin_port), ("api", settings.api_port))
                    if port >= 0}
     except OSError as exc:
@@ -142,7 +97,7 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
     try:
         ingest_tokens, api_tokens = (TokenFile(Path(name)) if name else None
                                      for name in (settings.ingest_token_file, settings.api_token_file))
-        tls = _tls_files(settings)
+        tls = tls_files(settings)
     except (TokenFileError, TlsError) as exc:
         print(f"hopscope serve: {exc}", file=sys.stderr)
         return 2
@@ -162,13 +117,13 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
         return 1
     store.lock_down()  # from here on, no file access, no Python objects by name, no SET: user SQL runs below
     http_sock, api_sock, zipkin_sock = sockets["http"], sockets["api"], sockets.get("zipkin")
-    otlp_http = _http_server(OtlpHttpApp(pipeline, metrics, settings.max_message_bytes, ingest_tokens), tls)
-    zipkin = _http_server(ZipkinHttpApp(pipeline, metrics, settings.max_message_bytes, ingest_tokens), tls)
-    exposed = not _is_loopback(settings.host)
+    otlp_http = http_server(OtlpHttpApp(pipeline, metrics, settings.max_message_bytes, ingest_tokens), tls)
+    zipkin = http_server(ZipkinHttpApp(pipeline, metrics, settings.max_message_bytes, ingest_tokens), tls)
+    exposed = not is_loopback(settings.host)
     api_app = build_api(lambda: pipeline.ready, metrics, store.cursor, classifier, settings.sql_token, exposed)
     guarded = api_app if api_tokens is None else ApiAuth(api_app, api_tokens, metrics.api_unauthenticated,
                                                          sql_token_checked=bool(settings.sql_token))
-    api = _http_server(guarded, tls)
+    api = http_server(guarded, tls)
     analytics_worker = AnalyticsWorker(classifier)
     follower = HopFollower(store.cursor, classifier, settings.settle_seconds, worker=analytics_worker)
     follower.observe_lag = metrics.watch_follower(follower)
@@ -191,7 +146,7 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
     await set_serving(health, True)
     http_task = asyncio.create_task(otlp_http.serve(sockets=[http_sock]))
     zipkin_task = asyncio.create_task(zipkin.serve(sockets=[zipkin_sock])) if zipkin_sock is not None else None
-    tls_task = asyncio.create_task(_refresh_tls(tls)) if tls is not None else None
+    tls_task = asyncio.create_task(refresh_tls(tls)) if tls is not None else None
     api_task = asyncio.create_task(api.serve(sockets=[api_sock]))
 
     stop = asyncio.Event()
@@ -242,13 +197,6 @@ async def _serve(settings: Settings, store: SpanStore, classifier: Classifier, o
     return 0
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
-
-
 def _print_endpoints(settings: Settings, grpc_port: int, http_sock: socket.socket, zipkin_sock: socket.socket | None,
                      api_sock: socket.socket, replaying: int, parts_dir: Path | None) -> None:
     host = settings.host
@@ -269,7 +217,7 @@ def _print_endpoints(settings: Settings, grpc_port: int, http_sock: socket.socke
                      f"{settings.retention / 86400:g} days")
     if replaying:
         lines.append(f"  replaying {replaying} acknowledged spans from the spool into DuckDB")
-    if not _is_loopback(host):
+    if not is_loopback(host):
         for what, token_file in (("OTLP ingest", settings.ingest_token_file), ("the API and pages",
                                                                                settings.api_token_file)):
             if not token_file and not settings.tls_client_ca:
