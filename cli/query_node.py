@@ -78,6 +78,11 @@ class ShardCatalog:
                     listed = [(str(self.parts_dir / f["path"]), f["relation"], int(f["partition_start_ns"]),
                                int(f["partition_end_ns"]), int(f["rows"]), int(f["bytes"]), int(f["sealed_at_ns"]))
                               for f in entries if f["relation"] in partitions.BY_NAME]
+                    gone = [row for row in listed if not Path(row[0]).exists()]
+                    if gone:  # the views would fail on every query: leave them out, say so
+                        log.warning("%s lists %d file(s) that are not there (e.g. %s): left out", manifest,
+                                    len(gone), gone[0][0])
+                        listed = [row for row in listed if row not in gone]
                 except (OSError, ValueError, KeyError, TypeError) as exc:
                     log.warning("cannot read %s (%s); keeping that shard's previous files", manifest, exc)
                     listed = self._files.get(shard, [])

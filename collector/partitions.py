@@ -155,9 +155,13 @@ def write_manifest(db: duckdb.DuckDBPyConnection, parts_dir: Path, shard_root: P
     parts directory, which a query node may mount elsewhere. Written whole and renamed into place."""
     rows = db.execute("SELECT path, relation, partition_start_ns, partition_end_ns, rows, bytes, sealed_at_ns FROM "
                       "hopscope_partitions ORDER BY relation, partition_start_ns, path").fetchall()
+    inside = [row for row in rows if Path(row[0]).is_relative_to(parts_dir)]
+    if len(inside) < len(rows):  # sealed into another parts directory before --parts-dir changed: not shared
+        log.warning("%d sealed file(s) registered outside %s are left out of the manifest: query nodes reading "
+                    "%s do not see them", len(rows) - len(inside), parts_dir, parts_dir)
     files = [{"path": os.path.relpath(path, parts_dir), "relation": relation, "partition_start_ns": start,
               "partition_end_ns": end, "rows": count, "bytes": size, "sealed_at_ns": sealed}
-             for path, relation, start, end, count, size, sealed in rows]
+             for path, relation, start, end, count, size, sealed in inside]
     shard_root.mkdir(parents=True, exist_ok=True)
     manifest = shard_root / MANIFEST
     temporary = manifest.with_suffix(".json.tmp")

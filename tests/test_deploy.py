@@ -12,6 +12,9 @@ its senders read must sit in a mounted Secret volume that kubelet keeps up to da
 the *.example.yaml files creates, with that key; the certificate must name every host a sender dials; probes speak
 HTTPS exactly when the API port does. cert-manager's CRDs are not in kubernetes-validate, so the Certificate example
 gets structural checks against cert-manager's v1 API instead.
+
+deploy/shards (several writers sharing one parts volume, and the query node over it) is checked on what kustomize
+builds from it, in test_deploy_shards.py, with the helpers here.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from cryptography.x509.oid import NameOID
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
-MANIFEST_DIRS = (DEPLOY / "kubernetes", DEPLOY / "otel-collector")
+MANIFEST_DIRS = (DEPLOY / "kubernetes", DEPLOY / "otel-collector", DEPLOY / "shards")
 KUSTOMIZATIONS = sorted(DEPLOY.rglob("kustomization.yaml"))
 EXAMPLES = sorted(DEPLOY.rglob("*.example.yaml"))
 # API groups whose kinds kubernetes-validate does not know (custom resources): checked structurally below.
@@ -89,6 +92,11 @@ def _service_port(host: str, port: int) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def serve_help() -> dict[str, Any]:
+    return _serve_help()
+
+
+@functools.cache
+def _serve_help() -> dict[str, Any]:
     """Flags, defaults (by HOPSCOPE_* variable) and the API's paths, from the installed `hopscope serve`."""
     hopscope = _venv_bin("hopscope")
     assert hopscope, "the hopscope command is not installed next to this Python"
@@ -377,8 +385,10 @@ def test_statefulset_serves_the_certificate_cert_manager_writes(serve_help: dict
 
 
 def _pod_templates(docs: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Every pod that runs hopscope: the shards' StatefulSet and, in deploy/shards, the query node's Deployment."""
     for doc in docs:
-        if doc["kind"] == "StatefulSet" and doc["metadata"]["name"] == "hopscope":
+        if doc["kind"] in ("StatefulSet", "Deployment") and any(
+                c["name"] == "hopscope" for c in doc["spec"]["template"]["spec"]["containers"]):
             yield doc["spec"]["template"]["spec"]
 
 
@@ -403,7 +413,7 @@ def test_manifest_probes_and_secret_volumes_match_the_settings(serve_help: dict[
 def test_built_probes_and_secret_volumes_match_the_settings(kustomization: Path, serve_help: dict[str, Any]) -> None:
     pods = list(_pod_templates(_kustomize(kustomization.parent)))
     if not pods:
-        pytest.skip("this kustomization builds no hopscope StatefulSet")
+        pytest.skip("this kustomization builds no pod that runs hopscope")
     for pod in pods:
         _check_pod_secrets_and_probes(pod, serve_help)
 

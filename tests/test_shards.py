@@ -176,3 +176,20 @@ def test_query_only_needs_a_parts_directory(start_serve: Callable[..., ServeProc
     with pytest.raises(RuntimeError, match="exited with 2"):
         start_serve("--query-only")
 
+
+
+def test_a_manifest_naming_a_missing_file_leaves_it_out(
+        tmp_path: Path, start_serve: Callable[..., ServeProcess]) -> None:
+    """A file deleted behind the writers' backs (or a manifest from before a move) must not take the node down."""
+    shared = tmp_path / "shared-parts"
+    writer = start_serve(*WRITER, "--sql-token", SQL_TOKEN, "--shard-name", "w", "--parts-dir", str(shared))
+    traffic = _traffic()[:20]
+    _send(writer, [body for _, body in traffic])
+    spans = sum(_span_count(body) for _, body in traffic)
+    _wait(lambda: _sealed_everything(writer, spans))
+    assert writer.stop() == 0
+    manifest = json.loads((shared / "shard=w" / "manifest.json").read_text())
+    victim = next(entry for entry in manifest["files"] if entry["relation"] == "spans")
+    (shared / victim["path"]).unlink()
+    query = start_serve("--query-only", "--parts-dir", str(shared), "--sql-token", SQL_TOKEN)
+    assert _sql(query, "SELECT count(*) FROM spans")[0][0] == spans - victim["rows"]
