@@ -6,6 +6,7 @@ file — only for a trace the follower does not know, or knows to be partly seal
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import duckdb
@@ -15,6 +16,8 @@ from hopscope.analytics.classify import Classifier
 from hopscope.analytics.clock_offsets import OffsetWindows
 from hopscope.analytics.pipeline import TraceWork
 
+ROW_GROUP_ROWS = 122_880  # DuckDB's row group: the unit its zone maps skip
+NEAR_REACH_NS = 3600 * 10**9  # a trace's sealed spans lie within this of any of its spans (as the follower assumes)
 MAX_TRACE_SPANS = 100_000  # one trace read for one request: beyond this the answer says it was cut
 # what the analytics pipeline reads of a span (the follower and the API's trace routes select these)
 SPAN_FIELDS = ("trace_id", "span_id", "parent_span_id", "name", "kind", "start_ns", "end_ns", "status_code",
@@ -59,6 +62,53 @@ def traces_spans(db: duckdb.DuckDBPyConnection, trace_ids: list[str]) -> dict[st
     return traces
 
 
+def many_trace_spans(db: duckdb.DuckDBPyConnection, trace_ids: list[str], columns: tuple[str, ...],
+                     limit: int = MAX_TRACE_SPANS, near_ns: Mapping[str, int] | None = None
+                     ) -> dict[str, list[dict[str, Any]]]:
+    """`trace_spans` of many traces in one query (a search's answer), every trace in start order, cut at `limit`
+    spans. Hot traces are read by their seq ranges, merged where they lie within a row group of each other (one
+    branch a cluster: each branch decompresses the row groups it touches, so fewer branches over the same groups
+    cost less); the spans the follower has not seen yet by id; sealed ones by id, each its own branch (the Parquet
+    files are sorted by trace id: one row group a file). `near_ns`, a time each trace has a span at (the span a
+    search matched), limits its sealed spans to the partitions within NEAR_REACH_NS of it: the other files are
+    skipped by their start_ns statistics instead of each being read for one row group."""
+    select = f"{', '.join(columns)}, trace_id AS _trace, start_ns AS _start, span_id AS _id"
+    known = {row[0]: row[1:] for row in db.execute(
+        "SELECT trace_id, first_seq, last_seq, sealed FROM trace_seqs WHERE trace_id IN (SELECT unnest(?::VARCHAR[]))",
+        [trace_ids]).fetchall()}
+    seen_upto = db.execute("SELECT coalesce(max(last_seq), -1) FROM trace_seqs").fetchall()[0][0]
+    clusters: list[list[Any]] = []  # [first seq, last seq, trace ids]
+    for first, last, trace_id in sorted((first, last, trace_id) for trace_id, (first, last, _) in known.items()):
+        if clusters and first - clusters[-1][1] <= ROW_GROUP_ROWS:
+            clusters[-1][1] = max(clusters[-1][1], last)
+            clusters[-1][2].append(trace_id)
+        else:
+            clusters.append([first, last, [trace_id]])
+    in_ids = "trace_id IN (SELECT unnest(?::VARCHAR[]))"
+    branches = [f"SELECT {select} FROM spans_hot WHERE seq > ? AND {in_ids}"]
+    params: list[Any] = [seen_upto, trace_ids]
+    for first, last, ids in clusters:
+        branches.append(f"SELECT {select} FROM spans_hot WHERE seq BETWEEN ? AND ? AND {in_ids}")
+        params += [first, last, ids]
+    for trace_id in trace_ids:
+        if trace_id in known and not known[trace_id][2]:
+            continue
+        if near_ns and trace_id in near_ns:
+            branches.append(f"SELECT {select} FROM spans_sealed WHERE trace_id = ? AND start_ns BETWEEN ? AND ?")
+            params += [trace_id, near_ns[trace_id] - NEAR_REACH_NS, near_ns[trace_id] + NEAR_REACH_NS]
+        else:
+            branches.append(f"SELECT {select} FROM spans_sealed WHERE trace_id = ?")
+            params.append(trace_id)
+    grouped: dict[str, list[tuple[Any, ...]]] = {}
+    for row in db.execute(" UNION ALL ".join(branches), params).fetchall():
+        grouped.setdefault(row[-3], []).append(row)
+    traces = {}
+    for trace_id, rows in grouped.items():
+        rows.sort(key=lambda row: (row[-2], row[-1]))
+        traces[trace_id] = [span_from_row(columns, row[:-3]) for row in rows[:limit]]
+    return traces
+
+
 def span_from_row(columns: tuple[str, ...], row: tuple[Any, ...]) -> dict[str, Any]:
     """A `spans` row as the dict the analytics work on, its JSON attribute maps parsed (absent → {})."""
     span = dict(zip(columns, row, strict=True))
@@ -79,11 +129,13 @@ def trace_work(db: duckdb.DuckDBPyConnection, trace_id: str, classifier: Classif
     return on_stored_offsets(db, work) if skew == "corrected" else work
 
 
-def on_stored_offsets(db: duckdb.DuckDBPyConnection, work: TraceWork) -> TraceWork:
-    """The work, its clocks to be corrected by the stored estimates around its start and its own pairs."""
+def on_stored_offsets(db: duckdb.DuckDBPyConnection, work: TraceWork,
+                      windows: OffsetWindows | None = None) -> TraceWork:
+    """The work, its clocks to be corrected by the stored estimates around its start and its own pairs; `windows`:
+    the estimates already read for several traces (OffsetWindows.read over their starts)."""
     if len(work.get("trace")):
         start = min(work.trace.start)
-        offsets = OffsetWindows.read(db, start, start).at(start)
+        offsets = (windows if windows is not None else OffsetWindows.read(db, start, start)).at(start)
         offsets.add(work.get("pair_bounds"))
         work.offsets = offsets
     return work

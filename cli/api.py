@@ -18,6 +18,7 @@ from hopscope.analytics.classify import Classifier
 from hopscope.analytics.critical_path_api import critical_path_router
 from hopscope.analytics.endpoints_api import endpoints_router
 from hopscope.analytics.hops_api import hops_router
+from hopscope.analytics.jaeger_api import jaeger_router
 from hopscope.analytics.pages import add_pages
 from hopscope.analytics.rules_api import rules_router
 from hopscope.analytics.sql import SqlRunner
@@ -52,6 +53,7 @@ def build_api(is_ready: Callable[[], bool], metrics: IngestMetrics,
     app.include_router(endpoints_router(cursor))
     app.include_router(sql_router(SqlRunner(cursor), sql_token, exposed))
     app.include_router(rules_router(classifier))
+    app.include_router(jaeger_router(cursor, classifier))
     add_pages(app)  # after the API routes, which keep priority
 
     @app.exception_handler(HTTPException)
