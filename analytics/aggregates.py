@@ -3,6 +3,8 @@ service graph and the time series endpoints. All SQL is parametrised; group keys
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import duckdb
@@ -12,6 +14,18 @@ MEASURES = ("total", *COMPONENTS)
 GROUP_KEYS = {"edge": ("caller", "callee"), "caller": ("caller",), "callee": ("callee",),
               "node_pair": ("caller_node", "callee_node")}
 QUANTILES = (50, 95, 99)
+
+
+@contextlib.contextmanager
+def one_snapshot(db: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Several reads that must see the same hops: the follower commits hops and their rollups together, and an
+    answer built from both must not fall between two of its commits."""
+    db.execute("BEGIN TRANSACTION")
+    try:
+        yield db
+    finally:
+        with contextlib.suppress(duckdb.Error):  # a cursor closed at shutdown: the query's own error is the news
+            db.execute("ROLLBACK")  # read only: nothing to keep
 
 
 def ms(ns: float | None) -> float | None:

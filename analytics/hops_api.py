@@ -9,20 +9,38 @@ from typing import Any
 import duckdb
 from fastapi import APIRouter, HTTPException, Query
 
-from hopscope.analytics import rollup
-from hopscope.analytics.aggregates import COMPONENTS, GROUP_KEYS, hop_groups, ms
+from hopscope.analytics import edge_rates, rollup
+from hopscope.analytics.aggregates import COMPONENTS, GROUP_KEYS, hop_groups, ms, one_snapshot
 from hopscope.analytics.classify import Classifier
 from hopscope.analytics.hops import HopBreakdown
+from hopscope.analytics.hops_status import hops_status
 from hopscope.analytics.params import SINCE_HELP, SKEW, checked_trace_id, window
 from hopscope.analytics.timerange import duration_ns
 from hopscope.analytics.trace_lookup import trace_work
 
 PERCENTILE_NOTE = "exact, nearest-rank, over the hops of sampled traces that reached hopscope"
 COUNTS_NOTE = "hops of the sampled traces that reached hopscope, not of every request"
+EDGES_HELP = """Per caller → callee edge: `hops`, `errors`, `error_rate` (errors / hops), p50/p95/p99 of the total and
+of every component (from per-minute rollups, within ±0.5 %), each component's `share`, and rates.
 
+The window is widened to the whole minutes it touches (`since_unix_us`, `until_unix_us`). **Rates** are counts over
+the time the data covers, stated in the answer: `rate_basis` is `"observed"` — from the first hop's start
+(`observed_since_unix_us`) to the last hop's start (`observed_until_unix_us`) in the window, `observed_seconds`
+long, the same interval for every edge. Per edge `rate_per_s` = hops / observed_seconds and `errors_per_s` =
+errors / observed_seconds; both are null when the data covers less than 1 s (a single trace's hops are
+milliseconds apart). A quiet spell inside the interval counts as 0/s.
 
-def minute_floor(ns: int) -> int:
-    return ns // rollup.MINUTE_NS * rollup.MINUTE_NS
+`buckets` lists the buckets from the first hop's to the last's: `step_seconds` wide (1, 2, 5, 10, 15, 30 or 60
+minutes, or more: the narrowest giving at most 30 in the window; aligned to multiples of the width since the
+epoch), `start_unix_us`, and `seconds`: how much of each lies in the observed interval. Per edge, `per_bucket`
+gives in the same order `hops`, `errors`, and `rate_per_s` and `errors_per_s` over each bucket's `seconds` (null
+under 1 s)."""
+STATUS_HELP = """Whether the window (widened to whole minutes) has hops and, if not, why — so an empty page can say
+what is going on. `state`: `ready` (hops in the window); `no_spans` (no span stored at all); `older` (spans stored,
+none in the window: `last_span_unix_us` says when the latest started); `settling` (spans in the window whose traces
+are not settled yet: `traces_settling`; hops appear `settle_seconds` after a trace's last span); `no_hops` (spans in
+the window, every trace settled, none of them a call between services). `settle_seconds` is the window of the
+follower keeping this file's hops, null before one ran."""
 
 
 def hop_json(hop: HopBreakdown, shift_ns: int = 0) -> dict[str, Any]:
@@ -63,7 +81,7 @@ def hops_router(cursor: Callable[[], duckdb.DuckDBPyConnection], classifier: Cla
             groups = hop_groups(cursor(), low, high, GROUP_KEYS[group_by], caller, callee, limit)
             note = PERCENTILE_NOTE
         else:  # whole minutes: the window widens to the minutes it touches, and says so
-            low, high = minute_floor(low), minute_floor(high - 1) + rollup.MINUTE_NS
+            low, high = rollup.whole_minutes(low, high)
             groups = rollup.rollup_groups(cursor(), low, high, GROUP_KEYS[group_by], caller, callee, limit)
             note = rollup.ERROR_BOUND
         return {"since_unix_us": low // 1000, "until_unix_us": high // 1000, "group_by": group_by,
@@ -85,17 +103,25 @@ def hops_router(cursor: Callable[[], duckdb.DuckDBPyConnection], classifier: Cla
         return {"since_unix_us": low // 1000, "until_unix_us": high // 1000, "step_ms": step_ns / 1e6,
                 "caller": caller, "callee": callee, "percentiles": PERCENTILE_NOTE, "points": points}
 
-    @router.get("/edges", summary="The service graph: services and the calls between them, each with its breakdown")
+    @router.get("/edges", summary="The service graph: services and the calls between them, each with its breakdown "
+                                  "and its rates over the time the data covers", description=EDGES_HELP)
     def edges(since: str = Query("1h", description=SINCE_HELP), until: str | None = Query(None),
               limit: int = Query(500, ge=1, le=5000)) -> dict[str, Any]:
-        low, high = window(since, until)
-        low, high = minute_floor(low), minute_floor(high - 1) + rollup.MINUTE_NS
-        groups = rollup.rollup_groups(cursor(), low, high, GROUP_KEYS["edge"], limit=limit)
-        seconds = max((high - low) / 1e9, 1e-9)
-        for group in groups:
-            group["rate_per_s"] = round(group["hops"] / seconds, 6)
+        low, high = rollup.whole_minutes(*window(since, until))
+        with one_snapshot(cursor()) as db:
+            groups = rollup.rollup_groups(db, low, high, GROUP_KEYS["edge"], limit=limit)
+            rates = edge_rates.add_rates(db, low, high, groups)
         services = sorted({g["caller"] for g in groups} | {g["callee"] for g in groups})
         return {"since_unix_us": low // 1000, "until_unix_us": high // 1000, "services": services,
-                "edges": groups, "percentiles": rollup.ERROR_BOUND}
+                "edges": groups, "percentiles": rollup.ERROR_BOUND, **rates}
+
+    @router.get("/hops/status", summary="Whether the window has hops, and if not why: no spans yet, traces still "
+                                        "settling, only older data, or no calls between services",
+                description=STATUS_HELP)
+    def status(since: str = Query("1h", description=SINCE_HELP), until: str | None = Query(None)) -> dict[str, Any]:
+        low, high = rollup.whole_minutes(*window(since, until))
+        with one_snapshot(cursor()) as db:
+            body = hops_status(db, low, high)
+        return {"since_unix_us": low // 1000, "until_unix_us": high // 1000, **body}
 
     return router

@@ -52,6 +52,11 @@ _STATS_INSERT = f"INSERT INTO {HOP_ROLLUP_STATS.stored} {stats_query(HOPS.stored
 _BUCKETS_INSERT = f"INSERT INTO {HOP_ROLLUP_BUCKETS.stored} {buckets_query(HOPS.stored, _IN_MINUTES)}"
 
 
+def whole_minutes(low_ns: int, high_ns: int) -> tuple[int, int]:
+    """[low, high) widened to the whole minutes it touches: the windows the rollups can answer exactly."""
+    return low_ns // MINUTE_NS * MINUTE_NS, (high_ns - 1) // MINUTE_NS * MINUTE_NS + MINUTE_NS
+
+
 def value_of_bucket(bucket: int) -> float:
     """The geometric middle of a bucket, in ns."""
     if bucket == 0:

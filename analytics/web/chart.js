@@ -1,4 +1,5 @@
-// A small SVG line chart: one line per series over time, each point carrying the API's value in data-value.
+// A small SVG line chart: one line per series over time, and a sparkline for cards and table rows; each point
+// carries the API's value in data-value.
 import {s, title} from "./dom.js";
 import {clock, ms} from "./format.js";
 
@@ -8,8 +9,10 @@ function niceStep(max, ticks) {
   return [1, 2, 2.5, 5, 10].map((m) => m * power).find((step) => step >= raw);
 }
 
-/** series: [{name, color, dashed, points: [{t, value}]}], t in µs since the epoch; null values leave gaps. */
-export function lineChart(series, {width = 420, height = 200, since, until, caption = "", testid = null} = {}) {
+/** series: [{name, color, dashed, points: [{t, value}]}], t in µs since the epoch; null values leave gaps.
+ * `format` turns a value into the tooltip's text (ms by default). */
+export function lineChart(series, {width = 420, height = 200, since, until, caption = "", testid = null,
+                                   format = ms} = {}) {
   const pad = {left: 40, right: 10, top: 22, bottom: 24};
   const plotW = width - pad.left - pad.right;
   const plotH = height - pad.top - pad.bottom;
@@ -45,8 +48,42 @@ export function lineChart(series, {width = 420, height = 200, since, until, capt
       svg.append(s("circle", {cx: x(point.t), cy: y(point.value), r: 2.2, fill: line.color, class: "point",
                               "data-testid": "point", "data-series": line.name, "data-t": point.t,
                               "data-value": point.value},
-                   title(`${line.name} ${clock(point.t)}: ${ms(point.value)}`)));
+                   title(`${line.name} ${clock(point.t)}: ${format(point.value)}`)));
     }
   }
   return svg;
+}
+
+/** A sparkline of per-bucket values (null: no value, a gap) as an SVG group at (x, y); `at(index)` places a value
+ * across the width (0 to 1: where in the window its bucket lies). Each point has a tooltip (`label(index)`) and
+ * carries its value in data-value. Scaled to its own maximum: it shows a course, not a level. */
+export function sparkline(values, {x = 0, y = 0, width = 160, height = 14, at = null, label = () => "",
+                                   testid = "spark"} = {}) {
+  const group = s("g", {class: "spark", "data-testid": testid});
+  const max = Math.max(...values.filter((v) => v !== null), 0);
+  const px = (i) => x + (at ? at(i) : values.length > 1 ? i / (values.length - 1) : 0.5) * width;
+  const py = (v) => y + height - 1 - (max ? v / max : 0) * (height - 2);
+  let d = "";
+  let pen = "M";
+  values.forEach((v, i) => {
+    if (v === null) { pen = "M"; return; }
+    d += `${pen}${px(i).toFixed(1)},${py(v).toFixed(1)} `;
+    pen = "L";
+  });
+  group.append(s("line", {x1: x, x2: x + width, y1: y + height - 0.5, y2: y + height - 0.5, class: "spark-base"}));
+  if (d) group.append(s("path", {d, class: "spark-line"}));
+  values.forEach((v, i) => {
+    if (v === null) return;
+    group.append(s("circle", {cx: px(i), cy: py(v), r: 1.4, class: "spark-point", "data-testid": "spark-point",
+                              "data-index": i, "data-value": v}, title(label(i))));
+  });
+  return group;
+}
+
+/** The same sparkline in its own <svg>, for a table cell. */
+export function sparklineSvg(values, options = {}) {
+  const {width = 120, height = 16} = options;
+  return s("svg", {width, height, viewBox: `0 0 ${width} ${height}`, class: "spark-svg", role: "img",
+                   "aria-label": options.caption || "rate over time"},
+           sparkline(values, {...options, x: 2, y: 1, width: width - 4, height: height - 2}));
 }

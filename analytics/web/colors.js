@@ -25,6 +25,9 @@ export const HOP_PARTS = [
   {field: "retry", component: "retry", label: "retry"},
 ];
 
+// Request and error rates are not components: ink and the pages' error red (dashed, so colour is not the only cue).
+export const RATE_COLORS = {requests: "#1d232b", errors: "#b3261e"};
+
 // The critical path's components (docs/critical-path.md), in the API's order.
 export const PATH_COMPONENTS = ["iptables", "proxy", "network", "app", "retry", "untraced"];
 

@@ -1,13 +1,17 @@
 // The critical path of an endpoint (#/critical?service=&operation=): at the p50, p95 and p99 traces, the share of
 // critical-path time per component and per service (GET /critical-path/summary), and what-if projections
-// (GET /what-if). Endpoints to pick from: GET /critical-path/endpoints.
+// (GET /what-if). Endpoints to pick from: GET /critical-path/endpoints. A live refresh redraws the summary and keeps
+// the what-if section as the user left it (its choices and answer), and the endpoint shown.
 import {getJson} from "./api.js";
 import {barSvg, componentParts, legend} from "./bars.js";
 import {h} from "./dom.js";
 import {PATH_COMPONENTS, LABELS} from "./colors.js";
 import {count, ms, percent, shown} from "./format.js";
 import {link, rangeOf} from "./routes.js";
-import {emptyState, problemBox, table, windowNote} from "./widgets.js";
+import {earlyState, problemBox, table, windowNote} from "./widgets.js";
+
+// live: redrawn this often (live.js); two small queries over the stored critical paths
+export const LIVE_SECONDS = 5;
 
 function endpointPicker(endpoints, chosen, since) {
   const select = h("select", {id: "endpoint", "data-testid": "endpoint"},
@@ -83,20 +87,40 @@ function whatIf(endpoint, since, services) {
     h("button", {type: "submit", "data-testid": "whatif-run"}, "took no time"));
   form.addEventListener("submit", (event) => { event.preventDefault(); run(); });
   run();
-  return h("div", {}, form, result);
+  return h("div", {"data-keep": "whatif"}, form, result);
 }
 
-export async function render(route) {
+/** The summary drawn before this live update, if it was one. */
+function drawnBefore(previous) {
+  return previous?.matches("[data-testid='critical']") ? previous : null;
+}
+
+/** The endpoint to show: the URL's; without one, the one shown before this live update; else the busiest. */
+function chosenEndpoint(endpoints, params, previous) {
+  const shownBefore = drawnBefore(previous);
+  const wanted = params.service !== undefined ? params
+    : shownBefore ? {service: shownBefore.getAttribute("data-service"),
+                     operation: shownBefore.getAttribute("data-operation")} : {};
+  return endpoints.find((e) => e.service === wanted.service && e.operation === wanted.operation) || endpoints[0];
+}
+
+export async function render(route, {previous = null} = {}) {
   const since = rangeOf(route.params);
   const list = await getJson("/critical-path/endpoints", {since});
   const heading = h("h1", {}, "Critical path");
-  if (!list.endpoints.length) return h("div", {}, heading, windowNote(list), emptyState(`No settled traces in the last ${since}.`));
-  const {service, operation} = route.params;
-  const endpoint = list.endpoints.find((e) => e.service === service && e.operation === operation) || list.endpoints[0];
+  if (!list.endpoints.length) {
+    const status = await getJson("/hops/status", {since});
+    return h("div", {}, h("div", {class: "title-row"}, heading, windowNote(list)),
+             earlyState(status, {since, live: true, what: `No settled traces with a critical path in the last ${since}.`}));
+  }
+  const endpoint = chosenEndpoint(list.endpoints, route.params, previous);
   const summary = await getJson("/critical-path/summary", {service: endpoint.service, operation: endpoint.operation,
                                                             since});
   const services = [...new Set(summary.quantiles.flatMap((q) => Object.keys(q.by_service)))]
     .filter((name) => name !== "(untraced)").sort();
+  const before = drawnBefore(previous);
+  const keep = before && before.getAttribute("data-service") === endpoint.service &&
+    before.getAttribute("data-operation") === endpoint.operation && before.querySelector("[data-keep='whatif']");
   return h("div", {"data-testid": "critical", "data-service": endpoint.service, "data-operation": endpoint.operation},
     h("div", {class: "title-row"}, heading, windowNote(summary)),
     h("div", {class: "title-row"}, endpointPicker(list.endpoints, endpoint, since),
@@ -108,5 +132,6 @@ export async function render(route) {
     h("div", {class: "cards"}, summary.quantiles.map(quantileCard)),
     h("p", {class: "note"}, summary.at_pN),
     h("h2", {}, "Per service and component"), serviceComponentTable(summary.quantiles),
-    h("h2", {}, "What if"), whatIf(endpoint, since, services));
+    h("h2", {}, "What if"),
+    keep ? h("div", {"data-keep-slot": "whatif"}) : whatIf(endpoint, since, services));
 }

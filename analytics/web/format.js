@@ -19,6 +19,16 @@ export function rate(value) {
   return `${value >= 10 ? value.toFixed(1) : value.toFixed(2)}/s`;
 }
 
+/** A length of time in seconds, to the precision a person reads: 0.4 s, 14.2 s, 3 min 20 s, 2 h 05 min. */
+export function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "–";
+  if (seconds < 60) return `${seconds.toFixed(seconds < 10 ? 2 : 1)} s`;
+  const whole = Math.round(seconds);
+  if (whole < 3600) return `${Math.floor(whole / 60)} min ${String(whole % 60).padStart(2, "0")} s`;
+  const minutes = Math.round(seconds / 60);
+  return `${Math.floor(minutes / 60)} h ${String(minutes % 60).padStart(2, "0")} min`;
+}
+
 export function count(value) {
   return value === null || value === undefined ? "–" : value.toLocaleString("en");
 }

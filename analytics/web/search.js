@@ -4,7 +4,7 @@ import {getJson} from "./api.js";
 import {h} from "./dom.js";
 import {count, dateTime, ms, shown} from "./format.js";
 import {link, rangeOf} from "./routes.js";
-import {emptyState, table} from "./widgets.js";
+import {earlyState, table} from "./widgets.js";
 
 function input(name, value, attrs = {}) {
   return h("input", {name, id: `search-${name}`, value: value ?? "", "data-testid": `search-${name}`, ...attrs});
@@ -56,7 +56,7 @@ export async function render(route) {
                         min_duration_ms: params.min, max_duration_ms: params.max, sort: params.sort, limit: 50}),
   ]);
   const body = h("div", {}, h("h1", {}, "Search traces"), form(params, services.services));
-  if (!services.services.length) body.append(emptyState(`No spans in the last ${since}.`));
+  if (!services.services.length) body.append(earlyState(await getJson("/hops/status", {since, until: params.until}), {since}));
   else body.append(h("p", {class: "note"}, `${count(found.traces.length)} traces (at most 50)`), results(found.traces));
   return body;
 }
