@@ -72,7 +72,9 @@ def test_every_captured_envoy_span_maps_as_the_collectors_zipkin_receiver_maps_i
         assert row["parent_span_id"] == span.get("parentId")
         assert row["kind"] == span["kind"] and row["name"] == span["name"]
         assert row["start_ns"] == span["timestamp"] * 1000
-        assert row["end_ns"] == (span["timestamp"] + span["duration"]) * 1000
+        # Envoy's span ends at its cr/ss annotation (30-140 µs after timestamp + duration in this capture)
+        [finish] = [a["timestamp"] for a in span["annotations"] if a["value"] in ("cr", "ss")]
+        assert row["end_ns"] == max(finish, span["timestamp"] + span["duration"]) * 1000
         assert row["service_name"] == span["localEndpoint"]["serviceName"]
         assert {k: v for k, v in row["attributes"].items() if k in span["tags"]} == span["tags"], "every tag kept"
         assert row["attributes"]["net.host.ip"] == span["localEndpoint"]["ipv4"]
@@ -80,6 +82,18 @@ def test_every_captured_envoy_span_maps_as_the_collectors_zipkin_receiver_maps_i
         assert row["status_code"] == ("ERROR" if span["tags"].get("error") == "true" else "UNSET")
         assert [(e["name"], e["time_ns"]) for e in json.loads(row["events"])] == [
             (a["value"], a["timestamp"] * 1000) for a in span["annotations"]]
+
+
+def test_an_envoy_span_that_stalled_before_its_creation_ends_at_its_finish_annotation() -> None:
+    """Envoy counts `duration` from the span's creation but `timestamp` from the stream's start: a sidecar that
+    stalled 2 ms in between reports a span 2 ms short, and only its `ss` says when it really finished."""
+    envoy = {"traceId": "01" * 16, "id": "02" * 8, "kind": "SERVER", "timestamp": 1_000, "duration": 500,
+             "annotations": [{"timestamp": 3_500, "value": "ss"}], "tags": {"component": "proxy"}}
+    app = {**envoy, "id": "03" * 8, "tags": {}}   # anything but Envoy: timestamp + duration, as Zipkin defines it
+    rows = {row["span_id"]: row for row in _span_rows([validate_zipkin(parse_zipkin_json(
+        json.dumps([envoy, app]).encode())).payload])}
+    assert rows["02" * 8]["end_ns"] == 3_500_000
+    assert rows["03" * 8]["end_ns"] == 1_500_000
 
 
 def test_ids_are_padded_a_parent_equal_to_the_id_dropped_and_a_remote_endpoint_kept() -> None:
