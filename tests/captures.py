@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import copy
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from google.protobuf import json_format
@@ -18,17 +20,19 @@ def capture_payloads(name: str) -> list[bytes]:
     path = MESH / name
     if not path.exists():
         pytest.skip(f"no reference capture at {path}")
-    payloads = []
-    for export in json.loads(path.read_text())["exports"]:
-        document = export["request"]
-        for rs in document.get("resourceSpans", []):
-            for ss in rs.get("scopeSpans", []):
-                for span in ss.get("spans", []):
-                    for key in ("traceId", "spanId", "parentSpanId"):
-                        if span.get(key):
-                            span[key] = base64.b64encode(bytes.fromhex(span[key])).decode()
-        payloads.append(json_format.ParseDict(document, ExportTraceServiceRequest()).SerializeToString())
-    return payloads
+    return [hex_json_to_protobuf(export["request"]) for export in json.loads(path.read_text())["exports"]]
+
+
+def hex_json_to_protobuf(document: dict[str, Any]) -> bytes:
+    """A captured OTLP/JSON Export (hex ids, as the wire carries them) as protobuf; the document is left as it was."""
+    document = copy.deepcopy(document)
+    for rs in document.get("resourceSpans", []):
+        for ss in rs.get("scopeSpans", []):
+            for span in ss.get("spans", []):
+                for key in ("traceId", "spanId", "parentSpanId"):
+                    if span.get(key):
+                        span[key] = base64.b64encode(bytes.fromhex(span[key])).decode()
+    return json_format.ParseDict(document, ExportTraceServiceRequest()).SerializeToString()
 
 
 def all_capture_names() -> list[str]:

@@ -8,7 +8,6 @@ this venv; protobuf in a venv of its own, since that exporter pins protobuf 3) a
 
 from __future__ import annotations
 
-import base64
 import copy
 import gzip
 import json
@@ -22,30 +21,17 @@ from typing import Any
 
 import httpx
 import pytest
-from google.protobuf import json_format
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from hopscope.collector.zipkin import parse_zipkin_json, shared_server_span_id, validate_zipkin
 from hopscope.collector.zipkin_proto import ListOfSpans
 from hopscope.serve_process import ServeProcess
+from tests.captures import hex_json_to_protobuf
 from tests.conftest import read_spans
 from tests.test_hops import _hops, _span_rows
 
 CAPTURE = json.loads((Path(__file__).parent / "zipkin_fixtures" / "captured-loopback-zipkin.json").read_text())
 POSTS: list[list[dict[str, Any]]] = [post["body"] for post in CAPTURE["posts"]]
 ZIPKIN_SPANS = [span for body in POSTS for span in body]
-
-
-def _otlp_payload(document: dict[str, Any]) -> bytes:
-    """A captured OTLP/JSON export (hex ids) as protobuf."""
-    document = copy.deepcopy(document)
-    for resource_spans in document.get("resourceSpans", []):
-        for scope_spans in resource_spans.get("scopeSpans", []):
-            for span in scope_spans.get("spans", []):
-                for key in ("traceId", "spanId", "parentSpanId"):
-                    if span.get(key):
-                        span[key] = base64.b64encode(bytes.fromhex(span[key])).decode()
-    return json_format.ParseDict(document, ExportTraceServiceRequest()).SerializeToString()
 
 
 APP_EXPORTS = [export["request"] for export in CAPTURE["otlp_exports"]]
@@ -56,7 +42,7 @@ def _zipkin_payloads(posts: list[list[dict[str, Any]]]) -> list[bytes]:
 
 
 def _breakdown(posts: list[list[dict[str, Any]]], apps: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-    hops = _hops(_span_rows(_zipkin_payloads(posts) + [_otlp_payload(a) for a in apps]))
+    hops = _hops(_span_rows(_zipkin_payloads(posts) + [hex_json_to_protobuf(a) for a in apps]))
     return sorted((h.trace_id, h.caller, h.callee, h.attempts, h.total_ns, h.iptables_ns, h.proxy_outbound_ns,
                    h.network_ns, h.proxy_inbound_ns, h.app_ns, h.retry_ns, tuple(h.resolution)) for h in hops)
 
@@ -142,11 +128,11 @@ def test_envoy_zipkin_spans_with_otlp_app_spans_give_the_hops_envoys_otlp_tracer
     """The same two-pod lab, once with Envoy's Zipkin tracer and once with its OpenTelemetry tracer (MESH-SOURCES:
     captured-loopback.json): the same hops, attempts and way of measuring each component, and times of the same
     size (different runs, so not equal values)."""
-    zipkin = _hops(_span_rows(_zipkin_payloads(POSTS) + [_otlp_payload(a) for a in APP_EXPORTS]))
+    zipkin = _hops(_span_rows(_zipkin_payloads(POSTS) + [hex_json_to_protobuf(a) for a in APP_EXPORTS]))
     mesh = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mesh" / "captured-loopback.json"
     if not mesh.exists():
         pytest.skip(f"the OTLP-tracer twin capture is not at {mesh}")
-    otlp = _hops(_span_rows([_otlp_payload(e["request"]) for e in json.loads(mesh.read_text())["exports"]]))
+    otlp = _hops(_span_rows([hex_json_to_protobuf(e["request"]) for e in json.loads(mesh.read_text())["exports"]]))
 
     def shape(hops: list[Any]) -> list[tuple[Any, ...]]:
         return sorted((h.caller, h.callee, h.attempts, tuple(h.resolution),
