@@ -323,8 +323,10 @@ def test_trace_view_draws_the_apis_spans_and_the_raw_toggle_moves_node_bs_spans(
     page = open_page(browser, f"{api}/#/trace/{trace_id}", "trace")
     assert one(page, "[data-testid='trace']").get_attribute("data-skew") == "corrected"
     corrected = _check_trace_view(api, page, trace_id, "corrected")
-    node_b = next(d for d in get(api, f"/traces/{trace_id}")["skew"]["domains"] if d["domain"] == "node-b")
+    answer = get(api, f"/traces/{trace_id}")
+    node_b = next(d for d in answer["skew"]["domains"] if d["domain"] == "node-b")
     assert node_b["shift_ms"] < -1  # the test is only worth something if the clocks really differ
+    on_node_b = {span["span_id"] for span in answer["spans"] if span["clock_domain"] == "node-b"}
     labels = {row.get_attribute("data-span-id"): one(row, "[data-testid='span-offset']").text
               for row in all_of(page, "[data-testid='span']")}
     assert severe_console_messages(browser) == []
@@ -334,10 +336,13 @@ def test_trace_view_draws_the_apis_spans_and_the_raw_toggle_moves_node_bs_spans(
     page = wait_for(browser, "section.page[data-page='trace'][data-state='ready'] [data-skew='raw']")
     raw = _check_trace_view(api, browser, trace_id, "raw")
     moved = {span_id for span_id in raw if raw[span_id] != corrected[span_id]}
-    assert moved and len(moved) < len(raw)
+    assert on_node_b and on_node_b <= moved and len(moved) < len(raw)
     raw_labels = {row.get_attribute("data-span-id"): one(row, "[data-testid='span-offset']").text
                   for row in all_of(browser, "[data-testid='span']")}
-    assert all(raw_labels[span_id] != labels[span_id] for span_id in moved)
+    # node-b's spans move by its shift (over 1 ms), so their offsets change; node-a's shift onto the gateway pod's
+    # clock is estimated a few µs off zero when the traffic straddles a 10-minute offset window, moving its spans'
+    # data-start-us by a µs or two: below the label's resolution (0.01 ms from +1 ms on), so theirs may not change
+    assert all(raw_labels[span_id] != labels[span_id] for span_id in on_node_b)
     assert all_of(browser, "[data-testid='skew-none']")
     assert severe_console_messages(browser) == []
     screenshot(browser, "trace-raw")
