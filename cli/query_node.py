@@ -19,8 +19,6 @@ import logging
 import signal
 import socket
 import sys
-import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
@@ -50,7 +48,6 @@ class ShardCatalog:
     def __init__(self, parts_dir: Path) -> None:
         self.parts_dir = parts_dir.resolve()
         self._db = duckdb.connect(":memory:")
-        self._lock = threading.Lock()
         for statement in SCHEMA_STATEMENTS:
             self._db.execute(statement)
         partitions.create_views(self._db, partitions.SPANS)
@@ -69,47 +66,46 @@ class ShardCatalog:
         """Read every shard's manifest again and re-point the views in one transaction; returns the files listed.
         A manifest that cannot be read keeps that shard's previous files (a writer replaces it whole, so a failed
         read is a passing fault or a broken file, and dropping the shard would hide its data)."""
-        with self._lock:
-            files: dict[str, list[FileRow]] = {}
-            for manifest in sorted(self.parts_dir.glob(f"{partitions.SHARD_KEY}=*/{partitions.MANIFEST}")):
-                shard = manifest.parent.name.split("=", 1)[1]
-                try:
-                    entries = json.loads(manifest.read_text())["files"]
-                    listed = [(str(self.parts_dir / f["path"]), f["relation"], int(f["partition_start_ns"]),
-                               int(f["partition_end_ns"]), int(f["rows"]), int(f["bytes"]), int(f["sealed_at_ns"]))
-                              for f in entries if f["relation"] in partitions.BY_NAME]
-                    gone = [row for row in listed if not Path(row[0]).exists()]
-                    if gone:  # the views would fail on every query: leave them out, say so
-                        log.warning("%s lists %d file(s) that are not there (e.g. %s): left out", manifest,
-                                    len(gone), gone[0][0])
-                        listed = [row for row in listed if row not in gone]
-                except (OSError, ValueError, KeyError, TypeError) as exc:
-                    log.warning("cannot read %s (%s); keeping that shard's previous files", manifest, exc)
-                    listed = self._files.get(shard, [])
-                files[shard] = listed
-                spans_ends = [end for _, relation, _, end, *_ in listed if relation == partitions.SPANS.name]
-                self.complete_through_ns[shard] = max(spans_ends, default=0)
-            rows = [row for listed in files.values() for row in listed]
-            db = self._db.cursor()
-            db.execute("BEGIN TRANSACTION")
+        files: dict[str, list[FileRow]] = {}
+        for manifest in sorted(self.parts_dir.glob(f"{partitions.SHARD_KEY}=*/{partitions.MANIFEST}")):
+            shard = manifest.parent.name.split("=", 1)[1]
             try:
-                db.execute("DELETE FROM hopscope_partitions")
-                if rows:
-                    db.executemany("INSERT INTO hopscope_partitions VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-                for relation in partitions.RELATIONS:
-                    partitions.refresh_sealed_view(db, relation)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            self._files = files
-            return len(rows)
+                entries = json.loads(manifest.read_text())["files"]
+                listed = [(str(self.parts_dir / f["path"]), f["relation"], int(f["partition_start_ns"]),
+                           int(f["partition_end_ns"]), int(f["rows"]), int(f["bytes"]), int(f["sealed_at_ns"]))
+                          for f in entries if f["relation"] in partitions.BY_NAME]
+                present = [row for row in listed if Path(row[0]).exists()]
+                if len(present) < len(listed):  # the views would fail on every query: leave them out, say so
+                    log.warning("%s lists %d file(s) that are not there: left out", manifest,
+                                len(listed) - len(present))
+                listed = present
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("cannot read %s (%s); keeping that shard's previous files", manifest, exc)
+                listed = self._files.get(shard, [])
+            files[shard] = listed
+            spans_ends = [end for _, relation, _, end, *_ in listed if relation == partitions.SPANS.name]
+            self.complete_through_ns[shard] = max(spans_ends, default=0)
+        rows = [row for listed in files.values() for row in listed]
+        db = self._db.cursor()
+        db.execute("BEGIN TRANSACTION")
+        try:
+            db.execute("DELETE FROM hopscope_partitions")
+            if rows:
+                db.executemany("INSERT INTO hopscope_partitions VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            for relation in partitions.RELATIONS:
+                partitions.refresh_sealed_view(db, relation)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._files = files
+        return len(rows)
 
     def close(self) -> None:
         self._db.close()
 
 
-def run_query_node(settings: Settings, on_ready: Callable[[str, Callable[[], None]], None] | None = None) -> int:
+def run_query_node(settings: Settings) -> int:
     if not settings.parts_dir:
         print("hopscope serve: --query-only needs --parts-dir, the directory the shards write their partitions to",
               file=sys.stderr)
@@ -142,13 +138,13 @@ def run_query_node(settings: Settings, on_ready: Callable[[str, Callable[[], Non
                                                      sql_token_checked=bool(settings.sql_token))
     server = http_server(guarded, tls)
     try:
-        return asyncio.run(_serve(settings, catalog, server, sock, tls, on_ready))
+        return asyncio.run(_serve(settings, catalog, server, sock, tls))
     finally:
         catalog.close()
 
 
 async def _serve(settings: Settings, catalog: ShardCatalog, server: Server, sock: socket.socket,
-                 tls: TlsFiles | None, on_ready: Callable[[str, Callable[[], None]], None] | None) -> int:
+                 tls: TlsFiles | None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -165,9 +161,6 @@ async def _serve(settings: Settings, catalog: ShardCatalog, server: Server, sock
         f"  pages      {api_url}/",
         f"  sealed partitions only: a shard's newest data shows once it seals it (manifests re-read every "
         f"{REFRESH_SECONDS:g} s)"]), flush=True)
-    if on_ready is not None:
-        threading.Thread(target=on_ready, args=(api_url, lambda: loop.call_soon_threadsafe(stop.set)),
-                         daemon=True).start()
     await stop.wait()
     for task in background:
         task.cancel()

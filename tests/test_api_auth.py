@@ -4,6 +4,8 @@ sessions."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -113,9 +115,6 @@ def test_with_both_tokens_sql_takes_its_own_and_the_api_its_own(
 
 
 def test_the_breakdown_command_sends_the_api_token(guarded: tuple[ServeProcess, Path]) -> None:
-    import subprocess
-    import sys
-
     server, _ = guarded
     command = [sys.executable, "-m", "hopscope", "breakdown", "--api", server.api_url]
     refused = subprocess.run(command, capture_output=True, text=True, timeout=60)

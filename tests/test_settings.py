@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hopscope.analytics.schema import DERIVED_TABLES, Table
-from hopscope.collector.settings import SETTINGS, SettingsError, resolve_settings
+from hopscope.collector.settings import SETTINGS, SettingsError, add_setting_arguments, resolve_settings
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
@@ -44,10 +45,6 @@ def test_durations_read_as_a_person_writes_them() -> None:
 
 
 def test_a_switch_is_on_as_a_bare_flag_or_a_yes_in_its_variable() -> None:
-    import argparse
-
-    from hopscope.collector.settings import add_setting_arguments
-
     parser = argparse.ArgumentParser()
     add_setting_arguments(parser)
     assert resolve_settings(vars(parser.parse_args(["--spool-quarantine"])), {}).spool_quarantine is True
